@@ -1,0 +1,242 @@
+"""The PyBullet tabletop world: one DIRECT client and one numpy Generator per world.
+
+Every ``p.*`` call passes ``physicsClientId`` so several worlds in one process
+never interfere.  The world owns the table, the Panda (``sim.robot``), the
+objects and the cameras, and reads out the full symbolic state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import pybullet as p
+import pybullet_data
+
+from sim.camera import CameraConfig, render
+from skills import scene
+from skills.robot import ObjectInfo, Workspace
+
+# Name -> RGBA.  Eight or more distinct, easily named colours.
+COLORS: dict[str, tuple[float, float, float, float]] = {
+    "red": (0.85, 0.12, 0.10, 1),
+    "green": (0.15, 0.65, 0.20, 1),
+    "blue": (0.12, 0.30, 0.85, 1),
+    "yellow": (0.95, 0.85, 0.10, 1),
+    "purple": (0.55, 0.20, 0.70, 1),
+    "orange": (0.98, 0.50, 0.05, 1),
+    "pink": (0.98, 0.55, 0.75, 1),
+    "cyan": (0.10, 0.80, 0.85, 1),
+    "brown": (0.50, 0.30, 0.12, 1),
+    "white": (0.95, 0.95, 0.95, 1),
+}
+COLOR_NAMES = tuple(COLORS)
+KINDS = ("block", "bowl")
+BLOCK_SIZE = 0.04
+BOWL_SIZE = 0.10
+BOWL_HEIGHT = 0.03
+MAX_OBJECTS = 16
+OBJECT_FEATURES = 12  # see World.object_array
+
+
+@dataclass
+class WorldConfig:
+    """Physics and sensing settings of a world (typed; validated on construction)."""
+
+    time_step: float = 1.0 / 240.0
+    image_size: tuple[int, int] = (128, 128)  # (H, W)
+    cameras: tuple[str, ...] = ("top", "front")
+    renderer: str = "tiny"  # "tiny" (TinyRenderer) | "egl" (EGL plugin, CPU Mesa works)
+    workspace: Workspace = field(default_factory=Workspace)
+
+    def __post_init__(self) -> None:
+        if self.renderer not in ("tiny", "egl"):
+            raise ValueError(f"world.renderer must be 'tiny' or 'egl', got {self.renderer!r}")
+        unknown = set(self.cameras) - set(CAMERAS)
+        if unknown:
+            raise ValueError(f"unknown camera(s) {sorted(unknown)}; known: {sorted(CAMERAS)}")
+        if len(self.image_size) != 2 or min(self.image_size) < 16:
+            raise ValueError(f"world.image_size must be (H, W) >= 16, got {self.image_size}")
+        self.image_size = tuple(int(v) for v in self.image_size)  # type: ignore[assignment]
+
+
+CAMERAS: dict[str, CameraConfig] = {
+    # Looking straight down at the workspace centre.
+    "top": CameraConfig(eye=(0.50, 0.0, 1.00), target=(0.50, 0.0, 0.0), up=(1.0, 0.0, 0.0), fov_deg=40.0),
+    # From the far side of the table, looking back at the robot and the blocks.
+    "front": CameraConfig(eye=(1.25, 0.0, 0.55), target=(0.45, 0.0, 0.02), up=(0.0, 0.0, 1.0), fov_deg=45.0),
+}
+
+
+@dataclass
+class SceneObject:
+    name: str  # obj_k; k is the object's slot + 1
+    kind: str
+    color: str
+    body: int  # PyBullet body id
+
+
+class World:
+    """A tabletop world.  Build objects with ``add_block``/``add_bowl`` after ``reset``."""
+
+    def __init__(self, config: WorldConfig | None = None, seed: int = 0):
+        self.config = config or WorldConfig()
+        self.client = p.connect(p.DIRECT)
+        self.rng = np.random.default_rng(seed)
+        self.objects: list[SceneObject] = []
+        self._egl = None
+        if self.config.renderer == "egl":
+            self._load_egl()
+        self.reset(seed)
+
+    # -- lifecycle -------------------------------------------------------------------------
+    def reset(self, seed: int | None = None) -> None:
+        """Empty the world: table and robot only.  Reseeds the Generator when ``seed`` is given."""
+        from sim.robot import PandaRobot  # robot needs the world's client
+
+        if seed is not None:
+            self.rng = np.random.default_rng(seed)
+        c = self.client
+        p.resetSimulation(physicsClientId=c)
+        p.setGravity(0, 0, -9.81, physicsClientId=c)
+        p.setTimeStep(self.config.time_step, physicsClientId=c)
+        p.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=c)
+        self.plane = p.loadURDF("plane.urdf", physicsClientId=c)
+        p.changeVisualShape(self.plane, -1, rgbaColor=(0.80, 0.72, 0.60, 1), physicsClientId=c)
+        self.objects = []
+        self.steps = 0
+        self.robot = PandaRobot(self)
+
+    def close(self) -> None:
+        if self.client is not None and p.isConnected(self.client):
+            p.disconnect(self.client)
+        self.client = None
+
+    def __enter__(self) -> World:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown: pybullet may already be gone
+            pass
+
+    def _load_egl(self) -> None:
+        import pkgutil
+
+        loader = pkgutil.get_loader("eglRenderer")
+        if loader is None:
+            raise RuntimeError("world.renderer=egl: PyBullet's eglRenderer plugin was not found")
+        self._egl = p.loadPlugin(loader.get_filename(), "_eglRendererPlugin", physicsClientId=self.client)
+
+    # -- objects ----------------------------------------------------------------------------
+    def add_block(self, color: str, xy: tuple[float, float], z: float | None = None, yaw: float = 0.0) -> str:
+        h = BLOCK_SIZE / 2
+        c = self.client
+        col = p.createCollisionShape(p.GEOM_BOX, halfExtents=[h] * 3, physicsClientId=c)
+        vis = p.createVisualShape(p.GEOM_BOX, halfExtents=[h] * 3, rgbaColor=COLORS[color], physicsClientId=c)
+        z = h if z is None else z
+        body = p.createMultiBody(
+            0.05, col, vis, [xy[0], xy[1], z], p.getQuaternionFromEuler([0, 0, yaw]), physicsClientId=c
+        )
+        p.changeDynamics(body, -1, lateralFriction=0.6, spinningFriction=0.001, physicsClientId=c)
+        return self._register("block", color, body)
+
+    def add_bowl(self, color: str, xy: tuple[float, float], yaw: float = 0.0) -> str:
+        """A square dish: a base plate and four walls, one rigid body."""
+        c, s, t, hgt = self.client, BOWL_SIZE / 2, 0.004, BOWL_HEIGHT
+        half = [[s, s, t / 2], [t / 2, s, hgt / 2], [t / 2, s, hgt / 2], [s, t / 2, hgt / 2], [s, t / 2, hgt / 2]]
+        pos = [[0, 0, t / 2], [s - t / 2, 0, hgt / 2], [-s + t / 2, 0, hgt / 2], [0, s - t / 2, hgt / 2],
+               [0, -s + t / 2, hgt / 2]]
+        col = p.createCollisionShapeArray([p.GEOM_BOX] * 5, halfExtents=half, collisionFramePositions=pos,
+                                          physicsClientId=c)
+        rgba = COLORS[color]
+        vis = p.createVisualShapeArray([p.GEOM_BOX] * 5, halfExtents=half, visualFramePositions=pos,
+                                       rgbaColors=[rgba] * 5, physicsClientId=c)
+        body = p.createMultiBody(0.4, col, vis, [xy[0], xy[1], 0.0], p.getQuaternionFromEuler([0, 0, yaw]),
+                                 physicsClientId=c)
+        p.changeDynamics(body, -1, lateralFriction=0.8, physicsClientId=c)
+        return self._register("bowl", color, body)
+
+    def _register(self, kind: str, color: str, body: int) -> str:
+        if color not in COLORS:
+            raise ValueError(f"unknown colour {color!r}; known: {', '.join(COLOR_NAMES)}")
+        if len(self.objects) >= MAX_OBJECTS:
+            raise ValueError(f"a world holds at most {MAX_OBJECTS} objects")
+        name = f"obj_{len(self.objects) + 1}"
+        self.objects.append(SceneObject(name, kind, color, body))
+        return name
+
+    def body_to_name(self) -> dict[int, str]:
+        return {o.body: o.name for o in self.objects}
+
+    # -- physics ----------------------------------------------------------------------------
+    def step(self, n: int = 1) -> None:
+        for _ in range(n):
+            p.stepSimulation(physicsClientId=self.client)
+        self.steps += n
+
+    def settle(self, seconds: float = 0.5) -> None:
+        self.step(int(round(seconds / self.config.time_step)))
+
+    @property
+    def sim_time(self) -> float:
+        return self.steps * self.config.time_step
+
+    # -- symbolic state ---------------------------------------------------------------------
+    def object_infos(self) -> dict[str, ObjectInfo]:
+        out = {}
+        for o in self.objects:
+            pos, quat = p.getBasePositionAndOrientation(o.body, physicsClientId=self.client)
+            yaw = p.getEulerFromQuaternion(quat)[2]
+            size, height = (BLOCK_SIZE, BLOCK_SIZE) if o.kind == "block" else (BOWL_SIZE, BOWL_HEIGHT)
+            out[o.name] = ObjectInfo(o.name, o.kind, o.color, np.array(pos), float(yaw), size, height)
+        return out
+
+    def state(self) -> list[dict]:
+        """Full symbolic readout: id, kind, colour, pose, what it rests on, held."""
+        infos = self.object_infos()
+        sup = scene.supports(infos)
+        held = self.robot.held()
+        rows = []
+        for o in self.objects:
+            pos, quat = p.getBasePositionAndOrientation(o.body, physicsClientId=self.client)
+            rows.append({
+                "name": o.name, "body": o.body, "kind": o.kind, "color": o.color,
+                "position": [round(v, 5) for v in pos], "orientation": [round(v, 5) for v in quat],
+                "on": "gripper" if held == o.name else sup[o.name],
+            })
+        return rows
+
+    def object_array(self) -> np.ndarray:
+        """(MAX_OBJECTS, 12) float32: present, kind, colour index, xyz, quat xyzw, support slot (0 = table,
+        k = obj_k, -1 = air/held), size.  Rows beyond the scene are zero."""
+        arr = np.zeros((MAX_OBJECTS, OBJECT_FEATURES), np.float32)
+        for i, row in enumerate(self.state()):
+            on = row["on"]
+            support = 0 if on == "table" else -1 if on in ("air", "gripper") else int(on.split("_")[1])
+            size = BLOCK_SIZE if row["kind"] == "block" else BOWL_SIZE
+            arr[i] = [1, KINDS.index(row["kind"]), COLOR_NAMES.index(row["color"]), *row["position"],
+                      *row["orientation"], support, size]
+        return arr
+
+    # -- sensing ----------------------------------------------------------------------------
+    def render(self, camera: str) -> dict[str, np.ndarray]:
+        """RGB (H,W,3) uint8, depth (H,W) float32 metres, mask (H,W) int16: k for obj_k, -1 robot, 0 else."""
+        h, w = self.config.image_size
+        out = render(self.client, CAMERAS[camera], h, w, egl=self._egl is not None)
+        seg = out.pop("seg")
+        mask = np.zeros(seg.shape, np.int16)
+        body = seg & ((1 << 24) - 1)  # low bits = body id (segmentation flag may add link bits)
+        for o in self.objects:
+            mask[body == o.body] = int(o.name.split("_")[1])
+        mask[body == self.robot.body] = -1
+        out["mask"] = mask
+        return out
+
+    def camera_params(self, camera: str) -> dict[str, list]:
+        h, w = self.config.image_size
+        return CAMERAS[camera].params(h, w)

@@ -1,0 +1,10 @@
+"""Skill library: typed skill calls, their text grammar, and execution through a robot protocol."""
+
+from skills.calls import Answer, Done, Pick, Place, Push, SkillCall, SkillParseError, parse
+from skills.library import SkillLibrary, SkillResult, register_skill, registered_skills
+from skills.robot import ObjectInfo, Robot, Workspace
+
+__all__ = [
+    "Answer", "Done", "ObjectInfo", "Pick", "Place", "Push", "Robot", "SkillCall", "SkillLibrary",
+    "SkillParseError", "SkillResult", "Workspace", "parse", "register_skill", "registered_skills",
+]

@@ -1,0 +1,166 @@
+"""Typed skill calls and their one canonical text form.
+
+Grammar (one call per line, lower case, objects named ``obj_<k>``)::
+
+    pick obj_2
+    place obj_2 on obj_4            # on a block
+    place obj_2 in obj_7            # into a bowl
+    place obj_2 on table            # nearest free spot
+    place obj_2 on table at 0.45 -0.10
+    push obj_1 left                 # a direction: left|right|up|down (fixed distance)
+    push obj_1 to top left corner   # a corner
+    push obj_1 to left side         # a side strip: left|right|top|bottom
+    push obj_1 to obj_3             # next to another block
+    answer yes                      # answers end question episodes
+    done                            # ends a planning episode
+
+``parse(text)`` turns text into a call or raises ``SkillParseError`` saying what
+was wrong; ``str(call)`` gives the canonical text back (round trip).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Union
+
+DIRECTIONS = ("left", "right", "up", "down")
+SIDES = ("left", "right", "top", "bottom")
+CORNERS = ("top left", "top right", "bottom left", "bottom right")
+
+_OBJ = re.compile(r"obj_([1-9][0-9]?)$")
+_NUM = re.compile(r"-?\d+(\.\d+)?$")
+
+
+class SkillParseError(ValueError):
+    """Skill text that does not follow the grammar."""
+
+
+@dataclass(frozen=True)
+class Pick:
+    obj: str
+
+    def __str__(self) -> str:
+        return f"pick {self.obj}"
+
+
+@dataclass(frozen=True)
+class Place:
+    """Place the held block ``obj``: on/in ``target`` (an object) or on the table."""
+
+    obj: str
+    target: str | None = None  # None = the table
+    at: tuple[float, float] | None = None  # table position (m), only with target=None
+
+    def __str__(self) -> str:
+        if self.target is not None:
+            return f"place {self.obj} {'in' if self.in_bowl else 'on'} {self.target}"
+        if self.at is None:
+            return f"place {self.obj} on table"
+        return f"place {self.obj} on table at {self.at[0]:.2f} {self.at[1]:.2f}"
+
+    # The preposition is part of the call text; the robot checks it against the target's kind.
+    in_bowl: bool = False
+
+
+@dataclass(frozen=True)
+class Push:
+    """Push block ``obj``; exactly one of direction / corner / side / to_obj is set."""
+
+    obj: str
+    direction: str | None = None
+    corner: str | None = None
+    side: str | None = None
+    to_obj: str | None = None
+
+    def __str__(self) -> str:
+        if self.direction:
+            return f"push {self.obj} {self.direction}"
+        if self.corner:
+            return f"push {self.obj} to {self.corner} corner"
+        if self.side:
+            return f"push {self.obj} to {self.side} side"
+        return f"push {self.obj} to {self.to_obj}"
+
+
+@dataclass(frozen=True)
+class Answer:
+    text: str
+
+    def __str__(self) -> str:
+        return f"answer {self.text}"
+
+
+@dataclass(frozen=True)
+class Done:
+    def __str__(self) -> str:
+        return "done"
+
+
+SkillCall = Union[Pick, Place, Push, Answer, Done]
+
+
+def _obj(word: str, text: str) -> str:
+    if not _OBJ.match(word):
+        raise SkillParseError(f"{text!r}: expected an object name like 'obj_3', got {word!r}")
+    return word
+
+
+def parse(text: str) -> SkillCall:
+    """Parse one skill call; raises SkillParseError naming what is wrong."""
+    if not isinstance(text, str):
+        raise SkillParseError(f"skill text must be a string, got {type(text).__name__}")
+    words = text.strip().split()
+    if not words:
+        raise SkillParseError("empty skill text")
+    verb, args = words[0], words[1:]
+    n = len(args)
+    if verb == "done" and n == 0:
+        return Done()
+    if verb == "answer" and n >= 1:
+        if not all(re.fullmatch(r"[a-z0-9_]+", w) for w in args):
+            raise SkillParseError(f"{text!r}: answers are lower-case words")
+        return Answer(" ".join(args))
+    if verb == "pick" and n == 1:
+        return Pick(_obj(args[0], text))
+    if verb == "place" and n >= 3:
+        obj = _obj(args[0], text)
+        prep, target = args[1], args[2]
+        if prep not in ("on", "in"):
+            raise SkillParseError(f"{text!r}: expected 'on' or 'in' after the object, got {prep!r}")
+        if target == "table":
+            if prep != "on":
+                raise SkillParseError(f"{text!r}: blocks go 'on table', not 'in table'")
+            if n == 3:
+                return Place(obj)
+            if n == 6 and args[3] == "at" and _NUM.match(args[4]) and _NUM.match(args[5]):
+                return Place(obj, at=(round(float(args[4]), 2), round(float(args[5]), 2)))
+            raise SkillParseError(f"{text!r}: expected 'place obj_k on table at X Y' (metres)")
+        if n == 3:
+            tgt = _obj(target, text)
+            if tgt == obj:
+                raise SkillParseError(f"{text!r}: cannot place {obj} on itself")
+            return Place(obj, target=tgt, in_bowl=prep == "in")
+    if verb == "push" and n >= 2:
+        obj = _obj(args[0], text)
+        rest = " ".join(args[1:])
+        if n == 2 and args[1] in DIRECTIONS:
+            return Push(obj, direction=args[1])
+        if args[1] == "to":
+            tail = " ".join(args[2:])
+            if tail.endswith(" corner") and tail[: -len(" corner")] in CORNERS:
+                return Push(obj, corner=tail[: -len(" corner")])
+            if n == 4 and args[3] == "side" and args[2] in SIDES:
+                return Push(obj, side=args[2])
+            if n == 3 and _OBJ.match(args[2]):
+                if args[2] == obj:
+                    raise SkillParseError(f"{text!r}: cannot push {obj} to itself")
+                return Push(obj, to_obj=args[2])
+        raise SkillParseError(
+            f"{text!r}: cannot read push target {rest!r}; expected a direction {DIRECTIONS}, "
+            f"'to <corner> corner' {CORNERS}, 'to <side> side' {SIDES} or 'to obj_k'"
+        )
+    known = "pick, place, push, answer, done"
+    if verb not in known.replace(",", "").split():
+        raise SkillParseError(f"{text!r}: unknown skill {verb!r} (known: {known})")
+    raise SkillParseError(f"{text!r}: wrong arguments for {verb!r}")

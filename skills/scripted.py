@@ -1,0 +1,187 @@
+"""Scripted pick / place / push through the ``Robot`` protocol (ravens-style
+primitives: motions are straight end-effector lines, grasps are real contacts)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from skills import scene
+from skills.calls import Pick, Place, Push
+from skills.library import SkillImpossible, register_skill
+from skills.robot import ObjectInfo, Robot
+
+TRAVEL_Z = 0.26  # clear of a 4-block stack with a block in hand
+PUSH_Z = 0.022  # fingertip height while pushing (block mid-height)
+PUSH_SPEED = 0.15  # m/s: slow enough that blocks do not slide on after contact
+
+
+def _wrap90(a: float) -> float:
+    """Map an angle to [-45°, 45°): blocks look the same every 90°."""
+    return (a + math.pi / 4) % (math.pi / 2) - math.pi / 4
+
+
+def _get(robot: Robot, name: str) -> ObjectInfo:
+    objs = robot.objects()
+    if name not in objs:
+        raise SkillImpossible(f"there is no {name} (objects: {', '.join(sorted(objs))})")
+    return objs[name]
+
+
+def _clear(robot: Robot, name: str) -> None:
+    above = scene.on_top_of(name, robot.objects())
+    if above:
+        raise SkillImpossible(f"{name} has {', '.join(above)} on it")
+
+
+def _travel(robot: Robot, xy: np.ndarray, yaw: float) -> bool:
+    """Lift, cross over at travel height, arrive above ``xy``."""
+    here = robot.ee_position()
+    ok = robot.move_ee(np.array([here[0], here[1], TRAVEL_Z]), yaw)
+    return robot.move_ee(np.array([xy[0], xy[1], TRAVEL_Z]), yaw) and ok
+
+
+@register_skill("pick", "scripted")
+class ScriptedPick:
+    def check(self, call: Pick, robot: Robot) -> None:
+        obj = _get(robot, call.obj)
+        if robot.held() is not None:
+            raise SkillImpossible(f"already holding {robot.held()}")
+        if obj.kind != "block":
+            raise SkillImpossible(f"{call.obj} is a {obj.kind}; only blocks can be picked")
+        _clear(robot, call.obj)
+
+    def execute(self, call: Pick, robot: Robot) -> bool:
+        obj = robot.objects()[call.obj]
+        yaw = _wrap90(obj.yaw)
+        robot.release()
+        _travel(robot, obj.position[:2], yaw)
+        grasp_z = obj.position[2] + obj.height / 2 - 0.015  # fingertips 1.5 cm below the top face
+        robot.move_ee(np.array([*obj.position[:2], grasp_z]), yaw, speed=0.25)
+        robot.grasp(call.obj)
+        robot.move_ee(np.array([*obj.position[:2], TRAVEL_Z]), yaw)
+        return robot.held() == call.obj
+
+
+@register_skill("place", "scripted")
+class ScriptedPlace:
+    def check(self, call: Place, robot: Robot) -> None:
+        _get(robot, call.obj)
+        if robot.held() != call.obj:
+            held = robot.held()
+            raise SkillImpossible(f"not holding {call.obj} (holding {held or 'nothing'})")
+        if call.target is None:
+            if call.at is not None and not robot.workspace.contains(np.array(call.at), 0.02):
+                raise SkillImpossible(f"{call.at} is outside the workspace {robot.workspace}")
+            return
+        tgt = _get(robot, call.target)
+        if tgt.kind == "bowl" and not call.in_bowl:
+            raise SkillImpossible(f"{call.target} is a bowl: say 'place {call.obj} in {call.target}'")
+        if tgt.kind == "block" and call.in_bowl:
+            raise SkillImpossible(f"{call.target} is a block: say 'place {call.obj} on {call.target}'")
+        if tgt.kind == "block":
+            _clear(robot, call.target)
+
+    def _goal(self, call: Place, robot: Robot) -> tuple[np.ndarray, float]:
+        """Where the held block's centre should end up, and the target yaw."""
+        objs = robot.objects()
+        held = objs[call.obj]
+        h = held.height
+        if call.target is None:
+            if call.at is not None:
+                xy = np.array(call.at)
+            else:
+                xy = scene.free_spot(objs, robot.workspace, robot.ee_position()[:2], 0.045, ignore=(call.obj,))
+                if xy is None:
+                    raise SkillImpossible("no free spot on the table")
+            return np.array([*xy, h / 2 + 0.004]), held.yaw
+        tgt = objs[call.target]
+        if tgt.kind == "block":
+            return np.array([*tgt.position[:2], tgt.position[2] + tgt.height / 2 + h / 2 + 0.004]), tgt.yaw
+        inside = [o for o in objs.values() if o.name != call.obj and scene.support_of(o.name, objs) == tgt.name]
+        floor = max([o.position[2] + o.height / 2 for o in inside], default=0.006)
+        return np.array([*tgt.position[:2], floor + h / 2 + 0.006]), tgt.yaw
+
+    def execute(self, call: Place, robot: Robot) -> bool:
+        try:
+            goal, goal_yaw = self._goal(call, robot)
+        except SkillImpossible:
+            return False
+        held = robot.objects()[call.obj]
+        ee = robot.ee_position()
+        offset = ee - held.position  # block hangs at a fixed offset from the fingertips
+        yaw = _wrap90(robot.ee_yaw() + _wrap90(goal_yaw - held.yaw))  # turn the block to match
+        _travel(robot, goal[:2] + offset[:2], yaw)
+        robot.move_ee(goal + offset, yaw, speed=0.2)
+        robot.release()
+        robot.settle(0.15)
+        robot.move_ee(np.array([*robot.ee_position()[:2], TRAVEL_Z]), yaw)
+        objs = robot.objects()
+        if call.target is not None:
+            return scene.support_of(call.obj, objs) == call.target
+        ok = scene.support_of(call.obj, objs) == scene.TABLE
+        return ok and float(np.linalg.norm(objs[call.obj].position[:2] - goal[:2])) < 0.03
+
+
+@register_skill("push", "scripted")
+class ScriptedPush:
+    max_strokes = 4
+    tolerance = 0.015
+
+    def check(self, call: Push, robot: Robot) -> None:
+        obj = _get(robot, call.obj)
+        if robot.held() is not None:
+            raise SkillImpossible(f"holding {robot.held()}; put it down before pushing")
+        if obj.kind != "block":
+            raise SkillImpossible(f"{call.obj} is a {obj.kind}; only blocks can be pushed")
+        if call.to_obj is not None:
+            _get(robot, call.to_obj)
+        if scene.support_of(call.obj, robot.objects()) != scene.TABLE:
+            raise SkillImpossible(f"{call.obj} is not on the table")
+        _clear(robot, call.obj)
+
+    def goal(self, call: Push, robot: Robot, start: np.ndarray) -> np.ndarray:
+        ws = robot.workspace
+        if call.direction:
+            g = start + 0.10 * scene.DIRECTION_VECTORS[call.direction]
+        elif call.corner:
+            g = scene.corner_point(call.corner, ws)
+        elif call.side:
+            g = scene.side_point(call.side, start, ws)
+        else:
+            other = robot.objects()[call.to_obj].position[:2]
+            d = other - start
+            g = other - d / max(np.linalg.norm(d), 1e-6) * 0.055
+        return np.clip(g, [ws.x[0] + 0.03, ws.y[0] + 0.03], [ws.x[1] - 0.03, ws.y[1] - 0.03])
+
+    def done(self, call: Push, robot: Robot, start: np.ndarray) -> bool:
+        objs = robot.objects()
+        xy = objs[call.obj].position[:2]
+        if call.direction:
+            return float((xy - start) @ scene.DIRECTION_VECTORS[call.direction]) >= 0.07
+        if call.corner:
+            return scene.in_corner(xy, call.corner, robot.workspace)
+        if call.side:
+            return scene.in_side(xy, call.side, robot.workspace)
+        return scene.near(objs[call.obj], objs[call.to_obj])
+
+    def execute(self, call: Push, robot: Robot) -> bool:
+        start = robot.objects()[call.obj].position[:2].copy()
+        goal = self.goal(call, robot, start)
+        for _ in range(self.max_strokes):
+            obj = robot.objects()[call.obj]
+            d = goal - obj.position[:2]
+            dist = float(np.linalg.norm(d))
+            if dist < self.tolerance or (self.done(call, robot, start) and dist < 0.04):
+                break
+            u = d / dist
+            yaw = _wrap90(math.atan2(u[1], u[0]) + math.pi / 2)  # fingers side by side across the stroke
+            behind = obj.position[:2] - u * (obj.size / 2 + 0.025)
+            end = obj.position[:2] + u * (dist - obj.size / 2 - 0.012)
+            _travel(robot, behind, yaw)
+            robot.close_gripper()
+            robot.move_ee(np.array([*behind, PUSH_Z]), yaw, speed=0.3)
+            robot.move_ee(np.array([*end, PUSH_Z]), yaw, speed=PUSH_SPEED)
+            robot.move_ee(np.array([*end, TRAVEL_Z]), yaw)
+        return self.done(call, robot, start)
