@@ -22,7 +22,8 @@ if TYPE_CHECKING:
 ARM = list(range(7))
 FINGERS = [9, 10]
 EE_LINK = 11  # panda_grasptarget: between the fingertips
-REST = [0.0, -0.25, 0.0, -2.2, 0.0, 1.95, math.pi / 4]  # elbow up, hand above the table
+REST = [0.0, -0.25, 0.0, -2.2, 0.0, 1.95, math.pi / 4]  # IK null-space target: elbow up, hand over the table
+HOME = [0.0, -1.2, 0.0, -2.9, 0.0, 1.75, math.pi / 4]  # tucked back, out of the top camera's view
 LOWER = [-2.9, -1.76, -2.9, -3.07, -2.9, -0.02, -2.9]
 UPPER = [2.9, 1.76, 2.9, -0.07, 2.9, 3.75, 2.9]
 CONTROL_HZ = 48  # waypoint rate
@@ -34,13 +35,13 @@ class PandaRobot:
         self.c = world.client
         self.workspace: Workspace = world.config.workspace
         self.body = p.loadURDF("franka_panda/panda.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=self.c)
-        for j, q in zip(ARM, REST):
+        for j, q in zip(ARM, HOME):
             p.resetJointState(self.body, j, q, physicsClientId=self.c)
         for j in FINGERS:
             p.resetJointState(self.body, j, 0.04, physicsClientId=self.c)
             p.changeDynamics(self.body, j, lateralFriction=1.0, physicsClientId=self.c)
         self._finger_target = 0.04
-        self._arm_target = list(REST)
+        self._arm_target = list(HOME)
         self._grasp: tuple[str, int] | None = None  # (object name, constraint id)
         self._apply()
 
@@ -66,6 +67,11 @@ class PandaRobot:
     def joint_state(self) -> np.ndarray:
         """(9,) arm and finger joint positions."""
         return np.array([s[0] for s in p.getJointStates(self.body, ARM + FINGERS, physicsClientId=self.c)])
+
+    def state(self) -> np.ndarray:
+        """(16,) float32: 9 joint positions, end-effector xyz and quaternion xyzw."""
+        pos, quat = p.getLinkState(self.body, EE_LINK, physicsClientId=self.c)[4:6]
+        return np.concatenate([self.joint_state(), pos, quat]).astype(np.float32)
 
     def move_ee(self, pos: np.ndarray, yaw: float = 0.0, speed: float = 0.4) -> bool:
         pos = np.asarray(pos, dtype=float)
@@ -125,6 +131,18 @@ class PandaRobot:
 
     def settle(self, seconds: float) -> None:
         self.world.settle(seconds)
+
+    def home(self) -> None:
+        """Joint-space move back to HOME (bounded: at most 1.5 s)."""
+        here = self.ee_position()
+        self.move_ee(np.array([here[0], here[1], max(here[2], 0.26)]), self.ee_yaw())  # lift clear first
+        self._arm_target = list(HOME)
+        self._apply()
+        steps = max(1, int(round(1.0 / (CONTROL_HZ * self.world.config.time_step))))
+        for _ in range(int(1.5 * CONTROL_HZ)):
+            self.world.step(steps)
+            if np.abs(self.joint_state()[:7] - HOME).max() < 0.01:
+                break
 
     # -- internals ------------------------------------------------------------------------------
     def _touching(self, body: int) -> bool:

@@ -101,8 +101,13 @@ class World:
         p.setGravity(0, 0, -9.81, physicsClientId=c)
         p.setTimeStep(self.config.time_step, physicsClientId=c)
         p.setAdditionalSearchPath(pybullet_data.getDataPath(), physicsClientId=c)
-        self.plane = p.loadURDF("plane.urdf", physicsClientId=c)
-        p.changeVisualShape(self.plane, -1, rgbaColor=(0.80, 0.72, 0.60, 1), physicsClientId=c)
+        # The table: a plain box whose top face is z = 0.
+        half = [1.0, 1.0, 0.02]
+        self.table = p.createMultiBody(
+            0, p.createCollisionShape(p.GEOM_BOX, halfExtents=half, physicsClientId=c),
+            p.createVisualShape(p.GEOM_BOX, halfExtents=half, rgbaColor=(0.78, 0.70, 0.58, 1), physicsClientId=c),
+            [0.5, 0, -0.02], physicsClientId=c)
+        p.changeDynamics(self.table, -1, lateralFriction=0.5, physicsClientId=c)
         self.objects = []
         self.steps = 0
         self.robot = PandaRobot(self)

@@ -106,4 +106,5 @@ class SkillLibrary:
         if reason is not None:
             return SkillResult(False, f"{call}: {reason}", 0.0, call)
         ok = self.skills[_verb(call)].execute(call, robot)
+        robot.home()  # the next observation sees the scene, not the arm
         return SkillResult(ok, "ok" if ok else f"{call}: did not reach its goal", robot.sim_time() - t0, call)

@@ -75,6 +75,10 @@ class Robot(Protocol):
         """Seconds of robot time elapsed since the world started."""
         ...
 
+    def home(self) -> None:
+        """Return to a pose that keeps the arm out of the cameras' view."""
+        ...
+
     def settle(self, seconds: float) -> None:
         """Let the world run with the robot holding still."""
         ...

@@ -196,22 +196,24 @@ def other_colors(rng: np.random.Generator, exclude: list[str], k: int) -> list[s
 
 
 def sample_xy(rng: np.random.Generator, world: World, n: int, spacing: float,
-              taken: list[np.ndarray] | None = None, margin: float = 0.05) -> list[np.ndarray]:
-    """``n`` table points at least ``spacing`` apart (and from ``taken``), inside the workspace."""
+              taken: list[tuple[np.ndarray, float]] = (), margin: float = 0.05) -> list[np.ndarray]:
+    """``n`` table points at least ``spacing`` apart and clear of ``taken`` (point, distance) pairs."""
     ws = world.config.workspace
-    pts = list(taken or [])
-    out: list[np.ndarray] = []
-    for _ in range(n):
-        for _ in range(2000):
-            xy = np.array([rng.uniform(ws.x[0] + margin, ws.x[1] - margin),
-                           rng.uniform(ws.y[0] + margin, ws.y[1] - margin)])
-            if all(np.linalg.norm(xy - q) >= spacing for q in pts):
+    for _ in range(50):  # restart the whole set when sequential sampling paints itself into a corner
+        out: list[np.ndarray] = []
+        for _ in range(n):
+            for _ in range(200):
+                xy = np.array([rng.uniform(ws.x[0] + margin, ws.x[1] - margin),
+                               rng.uniform(ws.y[0] + margin, ws.y[1] - margin)])
+                if all(np.linalg.norm(xy - q) >= spacing for q in out) and all(
+                        np.linalg.norm(xy - q) >= d for q, d in taken):
+                    out.append(xy)
+                    break
+            else:
                 break
-        else:
-            raise SpecError(f"cannot fit {n} objects {spacing} m apart in the workspace")
-        pts.append(xy)
-        out.append(xy)
-    return out
+        if len(out) == n:
+            return out
+    raise SpecError(f"cannot fit {n} objects {spacing} m apart in the workspace")
 
 
 @dataclass
@@ -279,9 +281,7 @@ def spread_layout(rng: np.random.Generator, world: World, blocks: list[str], bow
     bxy = sample_xy(rng, world, len(bowls), spacing=BOWL_SIZE + 0.05, margin=0.07)
     for c, xy in zip(bowls, bxy):
         out.append(Placement("bowl", c, xy, 0, float(rng.uniform(-0.3, 0.3))))
-    # Keep blocks off the bowls: reserve each bowl's centre and corners.
-    corners = [0.04 * np.array(v) for v in ((0, 0), (1, 1), (1, -1), (-1, 1), (-1, -1))]
-    taken = [xy + d for xy in bxy for d in corners]
+    taken = [(xy, BOWL_SIZE * 0.71 + 0.04) for xy in bxy]  # blocks keep clear of the bowls' corners
     towers = _towers(rng, blocks, stack_prob, 3, [])
     return out + _tower_placements(rng, towers, sample_xy(rng, world, len(towers), spacing, taken), 0.6)
 

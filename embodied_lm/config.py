@@ -1,0 +1,98 @@
+"""Typed, validated run configuration behind the Hydra YAML (experiments/conf).
+
+``load_run_config(cfg)`` merges the composed DictConfig into these dataclasses (OmegaConf checks
+types and refuses unknown keys), then each ``__post_init__`` checks values.  Every problem is a
+``ConfigError`` whose message names the key.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+
+class ConfigError(ValueError):
+    """A configuration value that cannot be used; the message names the key."""
+
+
+@dataclass
+class WorldSettings:
+    image_size: list[int] = field(default_factory=lambda: [128, 128])
+    cameras: list[str] = field(default_factory=lambda: ["top", "front"])
+    renderer: str = "tiny"
+
+
+@dataclass
+class TaskConfig:
+    name: str = "tabletop"
+    families: list[str] = field(default_factory=list)  # empty = every registered family
+    world: WorldSettings = field(default_factory=WorldSettings)
+    skills: dict[str, str] = field(default_factory=dict)  # verb -> implementation
+
+    def __post_init__(self) -> None:
+        from sim.tasks import FAMILIES
+
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"task.families: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
+
+
+@dataclass
+class PlannerConfig:
+    name: str = "oracle"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        from embodied_lm.planners import PLANNERS
+
+        if self.name not in PLANNERS:
+            raise ConfigError(f"planner.name: unknown {self.name!r}; known: {', '.join(sorted(PLANNERS))}")
+
+
+@dataclass
+class EvalConfig:
+    episodes: int = 20  # per family and level
+    levels: list[str] = field(default_factory=lambda: ["L1", "L2", "L3", "L4"])
+    families: list[str] | None = None  # None = task.families
+    spec: str | None = None  # a JSONL spec file replaces generated specs
+    split: str = "test"
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS
+
+        if self.episodes < 1:
+            raise ConfigError(f"eval.episodes must be >= 1, got {self.episodes}")
+        bad = [lv for lv in self.levels if lv not in LEVELS]
+        if bad or not self.levels:
+            raise ConfigError(f"eval.levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")
+        unknown = [f for f in self.families or [] if f not in FAMILIES]
+        if unknown:
+            raise ConfigError(f"eval.families: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
+        if self.split not in SEED_SPLITS:
+            raise ConfigError(f"eval.split must be one of {list(SEED_SPLITS)}, got {self.split!r}")
+
+
+@dataclass
+class RunConfig:
+    task: TaskConfig = field(default_factory=TaskConfig)
+    planner: PlannerConfig = field(default_factory=PlannerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    seed: int = 0
+    record: str | None = None  # zarr store to append every episode to
+
+
+def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
+    """Validate a composed config into ``RunConfig``; raises ConfigError naming the bad key."""
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(RunConfig), cfg)
+        return OmegaConf.to_object(merged)  # runs every __post_init__
+    except ConfigError:
+        raise
+    except OmegaConfBaseException as e:
+        key = getattr(e, "full_key", None)
+        msg = str(e).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None

@@ -1,0 +1,122 @@
+"""Closed-loop evaluation: run specs with a planner in the env, optionally record to zarr, and
+aggregate success by family × level."""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from embodied_lm.planners import Planner
+from sim.env import TabletopEnv
+from sim.tasks import EpisodeSpec
+
+
+@dataclass
+class EpisodeRow:
+    """One evaluated episode (a line of episodes.jsonl)."""
+
+    spec: dict[str, Any]
+    instruction: str
+    plan: list[str]
+    skill_success: list[bool]
+    messages: list[str]
+    success: bool  # the family's success predicate at the end (answer correctness for questions)
+    plan_success: bool  # ended by the planner and every step was a valid, possible call
+    steps: int
+    sim_time: float
+    planner_ms: float  # mean per step
+    wall_s: float
+    physics_steps: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def run_episode(env: TabletopEnv, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
+    t0 = time.perf_counter()
+    steps0 = env.world.steps
+    obs, info = env.reset(options={"spec": spec})
+    planner.reset(env, obs, info)
+    plan, oks, msgs, frames = [], [], [], []
+    planner_s, ended = 0.0, False
+    while True:
+        t = time.perf_counter()
+        action = planner.act(obs, info)
+        planner_s += time.perf_counter() - t
+        if recorder is not None:
+            frames.append(obs)
+        obs, _, terminated, truncated, info = env.step(action)
+        plan.append(action)
+        oks.append(bool(info["skill_success"]))
+        msgs.append(info["message"])
+        if terminated or truncated:
+            ended = terminated
+            break
+    success = bool(info["success"])
+    plan_ok = ended and all(oks)
+    if env.episode.family.kind == "question":
+        plan_ok = plan_ok and success
+    row = EpisodeRow(spec.to_dict(), env.episode.instruction, plan, oks, msgs, success, plan_ok, len(plan),
+                     round(env.world.sim_time, 3), 1000 * planner_s / max(len(plan), 1),
+                     time.perf_counter() - t0, env.world.steps - steps0)
+    if recorder is not None:
+        recorder.append(_to_record(frames, row))
+    return row
+
+
+def _to_record(frames: list[dict[str, Any]], row: EpisodeRow):
+    """Buffer a whole episode as one zarr Episode (time-first arrays)."""
+    from embodied_lm.datasets import Episode
+
+    data = {k: np.stack([f[k] for f in frames]) for k in frames[0] if k != "instruction"}
+    data["action"] = np.array(row.plan, dtype=str)
+    data["skill_success"] = np.array(row.skill_success, dtype=bool)
+    spec = row.spec
+    meta = {"task": spec["task"], "params": spec["params"], "seed": spec["seed"],
+            "instruction": row.instruction, "plan": "\n".join(row.plan), "success": row.success,
+            "n_objects": spec["n_objects"], "level": spec["level"], "refer": spec["refer"]}
+    return Episode(data=data, meta=meta)
+
+
+def evaluate(env: TabletopEnv, planner: Planner, specs: Sequence[EpisodeSpec], recorder=None,
+             progress: bool = True) -> list[EpisodeRow]:
+    rows = []
+    bar = tqdm(specs, desc=f"eval {planner.name}", unit="ep", disable=not progress, dynamic_ncols=True)
+    n_ok = 0
+    for spec in bar:
+        row = run_episode(env, planner, spec, recorder)
+        rows.append(row)
+        n_ok += row.success
+        bar.set_postfix(success=f"{n_ok / len(rows):.0%}", refresh=False)
+    return rows
+
+
+def summarize(rows: Sequence[EpisodeRow]) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, Any]]:
+    """Per family × level cells (results.json ``families``) and the overall summary."""
+    cells: dict[tuple[str, str], list[EpisodeRow]] = defaultdict(list)
+    for r in rows:
+        cells[(r.spec["task"], r.spec["level"])].append(r)
+    families: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    for (fam, level), rs in sorted(cells.items()):
+        families[fam][level] = {
+            "episodes": len(rs),
+            "success_rate": round(float(np.mean([r.success for r in rs])), 4),
+            "plan_success_rate": round(float(np.mean([r.plan_success for r in rs])), 4),
+            "mean_steps": round(float(np.mean([r.steps for r in rs])), 2),
+        }
+    by_n: dict[str, dict[str, list[bool]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        by_n[r.spec["task"]][str(r.spec["n_objects"])].append(r.success)
+    summary = {"success_rate": round(float(np.mean([r.success for r in rows])), 4) if rows else 0.0,
+               "episodes": len(rows),
+               "success_by_n_objects": {f: {n: round(float(np.mean(v)), 4) for n, v in sorted(d.items())}
+                                        for f, d in sorted(by_n.items())}}
+    return dict(families), summary
+
+
+def row_dict(row: EpisodeRow) -> dict[str, Any]:
+    return asdict(row)

@@ -1,0 +1,76 @@
+"""Planners drive an env one skill call at a time.  Baselines live here; the embodied LM plugs in
+through the same registry.  A planner sees the observation and info dict; privileged baselines
+(oracle) also query the env, which a learned planner never does."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol
+
+import numpy as np
+
+from sim.env import TabletopEnv
+
+
+class Planner(Protocol):
+    name: str
+    needs_images: bool  # False: the env may skip rendering
+
+    def reset(self, env: TabletopEnv, obs: dict[str, Any], info: dict[str, Any]) -> None: ...
+
+    def act(self, obs: dict[str, Any], info: dict[str, Any]) -> str:
+        """The next skill call (or answer) as text."""
+        ...
+
+
+PLANNERS: dict[str, Callable[..., Planner]] = {}
+
+
+def register_planner(name: str) -> Callable[[type], type]:
+    def wrap(cls: type) -> type:
+        if name in PLANNERS:
+            raise ValueError(f"planner {name!r} is already registered")
+        PLANNERS[name] = cls
+        cls.name = name
+        return cls
+
+    return wrap
+
+
+def make_planner(name: str, **kwargs: Any) -> Planner:
+    if name not in PLANNERS:
+        raise ValueError(f"unknown planner {name!r}; known: {', '.join(sorted(PLANNERS))}")
+    return PLANNERS[name](**kwargs)
+
+
+@register_planner("oracle")
+class OraclePlanner:
+    """Upper bound: the task family's oracle on privileged state, re-planned every step."""
+
+    needs_images = False
+
+    def __init__(self, seed: int = 0):
+        self.env: TabletopEnv | None = None
+
+    def reset(self, env, obs, info) -> None:
+        self.env = env
+
+    def act(self, obs, info) -> str:
+        return self.env.oracle_action()
+
+
+@register_planner("random")
+class RandomPlanner:
+    """Lower bound: a uniformly random call among those possible now (or a random answer)."""
+
+    needs_images = False
+
+    def __init__(self, seed: int = 0):
+        self.rng = np.random.default_rng(seed)
+        self.env: TabletopEnv | None = None
+
+    def reset(self, env, obs, info) -> None:
+        self.env = env
+
+    def act(self, obs, info) -> str:
+        options = self.env.valid_actions()
+        return options[int(self.rng.integers(len(options)))]

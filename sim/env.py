@@ -1,0 +1,174 @@
+"""``Tabletop-v0``: a gymnasium env whose action is one skill call in text.
+
+Observation (dict): per camera ``rgb_<cam>`` (H,W,3) uint8, ``depth_<cam>`` (H,W) float32 metres,
+``mask_<cam>`` (H,W) int16 (k for obj_k, -1 robot, 0 else); ``robot`` (16,) float32 = 9 joint
+positions + end-effector xyz + quaternion xyzw; ``objects`` (16, 12) float32 (see
+``World.object_array``); ``instruction`` text.
+
+A bad action (unparsable, unknown object, impossible now) is a failed step, never an exception.
+The episode terminates on ``done`` or ``answer ...``; it is truncated at the family's step limit.
+Reward is 1 on the terminating step if the task's success predicate holds.
+"""
+
+from __future__ import annotations
+
+import string
+from dataclasses import dataclass, field
+from typing import Any
+
+import gymnasium as gym
+import numpy as np
+from gymnasium import spaces
+
+from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS, EpisodeSpec, TaskEpisode, build_episode
+from sim.world import MAX_OBJECTS, OBJECT_FEATURES, World, WorldConfig
+from skills import Answer, Done, SkillLibrary, parse
+from skills.calls import CORNERS, DIRECTIONS, SIDES
+
+CHARSET = string.ascii_letters + string.digits + " .,?!:;_-'()"
+MAX_TEXT = 256
+
+
+@dataclass
+class EnvConfig:
+    families: tuple[str, ...] | None = None  # None = every registered family
+    levels: tuple[str, ...] = ("L1",)
+    world: WorldConfig = field(default_factory=WorldConfig)
+    skills: dict[str, str] = field(default_factory=dict)  # verb -> implementation ("scripted", ...)
+    observe_images: bool = True  # False: image keys hold zeros (state-only planners skip rendering)
+    split: str = "train"  # seed range used when reset() samples an episode itself
+
+    def __post_init__(self) -> None:
+        if self.families is not None:
+            unknown = [f for f in self.families if f not in FAMILIES]
+            if unknown:
+                raise ValueError(f"unknown task family {unknown}; known: {', '.join(sorted(FAMILIES))}")
+        bad = [lv for lv in self.levels if lv not in LEVELS]
+        if bad or not self.levels:
+            raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {self.levels}")
+        if self.split not in SEED_SPLITS:
+            raise ValueError(f"split must be one of {list(SEED_SPLITS)}, got {self.split!r}")
+
+
+class TabletopEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
+
+    def __init__(self, config: EnvConfig | dict | None = None, render_mode: str | None = None):
+        if isinstance(config, dict):
+            config = EnvConfig(**config)
+        self.config = config or EnvConfig()
+        self.render_mode = render_mode
+        self.world = World(self.config.world)
+        self.skills = SkillLibrary(self.config.skills)
+        self.episode: TaskEpisode | None = None
+        h, w = self.config.world.image_size
+        obs: dict[str, spaces.Space] = {}
+        for cam in self.config.world.cameras:
+            obs[f"rgb_{cam}"] = spaces.Box(0, 255, (h, w, 3), np.uint8)
+            obs[f"depth_{cam}"] = spaces.Box(0.0, np.inf, (h, w), np.float32)
+            obs[f"mask_{cam}"] = spaces.Box(-1, MAX_OBJECTS, (h, w), np.int16)
+        obs["robot"] = spaces.Box(-np.inf, np.inf, (16,), np.float32)
+        obs["objects"] = spaces.Box(-np.inf, np.inf, (MAX_OBJECTS, OBJECT_FEATURES), np.float32)
+        obs["instruction"] = spaces.Text(MAX_TEXT, charset=CHARSET)
+        self.observation_space = spaces.Dict(obs)
+        self.action_space = spaces.Text(128, charset=CHARSET)
+        self._blank = {k: np.zeros(s.shape, s.dtype) for k, s in obs.items() if isinstance(s, spaces.Box)}
+
+    # -- gymnasium API --------------------------------------------------------------------------
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
+        super().reset(seed=seed)
+        spec = (options or {}).get("spec")
+        if spec is None:
+            spec = self._sample_spec()
+        elif isinstance(spec, dict):
+            spec = EpisodeSpec.from_dict(spec)
+        self.episode = build_episode(self.world, spec)
+        self.steps = 0
+        self.answer: str | None = None
+        return self._observe(), self._info()
+
+    def step(self, action: str):
+        if self.episode is None:
+            raise RuntimeError("call reset() before step()")
+        result = self.skills.run(action, self.world.robot)
+        self.steps += 1
+        call = result.call
+        terminated = isinstance(call, (Answer, Done))
+        if isinstance(call, Answer):
+            self.answer = call.text
+        success = self.success()
+        truncated = not terminated and self.steps >= self.episode.max_steps
+        reward = 1.0 if terminated and success else 0.0
+        info = self._info() | {"skill_success": result.success, "message": result.message,
+                               "skill_time": result.sim_time, "success": success}
+        return self._observe(), reward, terminated, truncated, info
+
+    def render(self):
+        if self.render_mode == "rgb_array":
+            return self.world.render(self.config.world.cameras[0])["rgb"]
+        return None
+
+    def close(self) -> None:
+        self.world.close()
+
+    # -- for planners and harnesses ---------------------------------------------------------------
+    def success(self) -> bool:
+        ep = self.episode
+        return ep.family.success(ep, self.world.object_infos(), self.world.robot.held(), self.answer)
+
+    def oracle_action(self) -> str:
+        """The oracle's next call from privileged state."""
+        ep = self.episode
+        return ep.family.oracle(ep, self.world.object_infos(), self.world.robot.held())
+
+    def valid_actions(self) -> list[str]:
+        """Every skill call (or answer) that is well-formed and possible right now."""
+        ep = self.episode
+        if ep.family.kind == "question":
+            return [f"answer {a}" for a in ep.family.answers()]
+        objs = self.world.object_infos()
+        robot = self.world.robot
+        held = robot.held()
+        names = sorted(objs, key=lambda n: int(n.split("_")[1]))
+        blocks = [n for n in names if objs[n].kind == "block"]
+        cands = ["done"] + [f"pick {b}" for b in blocks]
+        if held is not None:
+            cands.append(f"place {held} on table")
+            cands += [f"place {held} {'in' if objs[n].kind == 'bowl' else 'on'} {n}" for n in names if n != held]
+        for b in blocks:
+            cands += [f"push {b} {d}" for d in DIRECTIONS] + [f"push {b} to {c} corner" for c in CORNERS]
+            cands += [f"push {b} to {s} side" for s in SIDES]
+            cands += [f"push {b} to {o}" for o in blocks if o != b]
+        return [c for c in cands if self.skills.check(parse(c), robot) is None]
+
+    # -- internals ---------------------------------------------------------------------------------
+    def _sample_spec(self) -> EpisodeSpec:
+        rng = self.np_random
+        fams = list(self.config.families or FAMILIES)
+        fam = FAMILIES[fams[int(rng.integers(len(fams)))]]
+        levels = [lv for lv in self.config.levels if lv in fam.levels] or [fam.levels[0]]
+        level = levels[int(rng.integers(len(levels)))]
+        counts = fam.object_counts(level)
+        n = counts[int(rng.integers(len(counts)))]
+        lo, hi = SEED_SPLITS[self.config.split]
+        seed = int(rng.integers(lo, hi))
+        params = fam.sample_params(np.random.default_rng([seed, 1]), n, level)
+        return EpisodeSpec(fam.name, params, n, seed, None, "entity", level)
+
+    def _observe(self) -> dict[str, Any]:
+        obs: dict[str, Any] = {}
+        for cam in self.config.world.cameras:
+            if self.config.observe_images:
+                frame = self.world.render(cam)
+                obs |= {f"rgb_{cam}": frame["rgb"], f"depth_{cam}": frame["depth"], f"mask_{cam}": frame["mask"]}
+            else:
+                obs |= {k: self._blank[k] for k in (f"rgb_{cam}", f"depth_{cam}", f"mask_{cam}")}
+        obs["robot"] = self.world.robot.state()
+        obs["objects"] = self.world.object_array()
+        obs["instruction"] = self.episode.instruction
+        return obs
+
+    def _info(self) -> dict[str, Any]:
+        ep = self.episode
+        return {"spec": ep.spec.to_dict(), "instruction": ep.instruction, "step": self.steps,
+                "max_steps": ep.max_steps, "sim_time": self.world.sim_time, "held": self.world.robot.held()}
