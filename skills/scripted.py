@@ -150,10 +150,32 @@ class ScriptedPush:
         elif call.side:
             g = scene.side_point(call.side, start, ws)
         else:
-            other = robot.objects()[call.to_obj].position[:2]
-            d = other - start
-            g = other - d / max(np.linalg.norm(d), 1e-6) * 0.055
+            g = self._beside(call, robot)
         return np.clip(g, [ws.x[0] + 0.03, ws.y[0] + 0.03], [ws.x[1] - 0.03, ws.y[1] - 0.03])
+
+    def _beside(self, call: Push, robot: Robot) -> np.ndarray:
+        """A spot next to the target block whose straight path from the block is free of other blocks."""
+        objs = robot.objects()
+        a, b = objs[call.obj].position[:2], objs[call.to_obj].position[:2]
+        others = [o.position[:2] for o in objs.values() if o.name not in (call.obj, call.to_obj)]
+        ws = robot.workspace
+        best, best_cost = None, np.inf
+        for ang in np.linspace(0, 2 * np.pi, 16, endpoint=False):
+            spot = b + 0.055 * np.array([np.cos(ang), np.sin(ang)])
+            if not ws.contains(spot, 0.03):
+                continue
+            d = spot - a
+            u = d / max(float(np.linalg.norm(d)), 1e-6)
+            # Blocked: another block (or the target itself) in the swept corridor, or where the pusher goes down.
+            hits = [_seg_dist(q, a, spot) < 0.05 for q in others] + [_seg_dist(b, a, spot) < 0.05]
+            pusher = a - u * 0.045
+            hits += [float(np.linalg.norm(q - pusher)) < 0.045 for q in others]
+            cost = float(np.linalg.norm(d)) + 1.0 * sum(hits)
+            if cost < best_cost:
+                best, best_cost = spot, cost
+        if best is None:
+            return b - (b - a) / max(float(np.linalg.norm(b - a)), 1e-6) * 0.055
+        return best
 
     def done(self, call: Push, robot: Robot, start: np.ndarray) -> bool:
         objs = robot.objects()
@@ -170,6 +192,8 @@ class ScriptedPush:
         start = robot.objects()[call.obj].position[:2].copy()
         goal = self.goal(call, robot, start)
         for _ in range(self.max_strokes):
+            if call.to_obj is not None:
+                goal = self.goal(call, robot, start)  # the target block may have been nudged
             obj = robot.objects()[call.obj]
             d = goal - obj.position[:2]
             dist = float(np.linalg.norm(d))
@@ -185,3 +209,10 @@ class ScriptedPush:
             robot.move_ee(np.array([*end, PUSH_Z]), yaw, speed=PUSH_SPEED)
             robot.move_ee(np.array([*end, TRAVEL_Z]), yaw)
         return self.done(call, robot, start)
+
+
+def _seg_dist(q: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:
+    """Distance from point q to segment ab (2D)."""
+    d = b - a
+    t = float(np.clip((q - a) @ d / max(float(d @ d), 1e-12), 0.0, 1.0))
+    return float(np.linalg.norm(q - (a + t * d)))
