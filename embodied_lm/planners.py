@@ -4,7 +4,8 @@ through the same registry.  A planner sees the observation and info dict; privil
 
 from __future__ import annotations
 
-from typing import Any, Callable, Protocol
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import numpy as np
 

@@ -85,7 +85,7 @@ def plot_results(results_by_planner: dict[str, dict[str, Any]], path: str | Path
                              sharex=True, squeeze=False)
     x = np.arange(len(fams))
     w = 0.8 / max(len(planners), 1)
-    for ax, lv in zip(axes[:, 0], levels):
+    for ax, lv in zip(axes[:, 0], levels, strict=False):
         for i, pl in enumerate(planners):
             fam_cells = results_by_planner[pl]["families"]
             vals = [fam_cells.get(f, {}).get(lv, {}).get("success_rate", np.nan) for f in fams]

@@ -35,7 +35,7 @@ class PandaRobot:
         self.c = world.client
         self.workspace: Workspace = world.config.workspace
         self.body = p.loadURDF("franka_panda/panda.urdf", [0, 0, 0], useFixedBase=True, physicsClientId=self.c)
-        for j, q in zip(ARM, HOME):
+        for j, q in zip(ARM, HOME, strict=False):
             p.resetJointState(self.body, j, q, physicsClientId=self.c)
         for j in FINGERS:
             p.resetJointState(self.body, j, 0.04, physicsClientId=self.c)
@@ -154,7 +154,7 @@ class PandaRobot:
         q = p.calculateInverseKinematics(
             self.body, EE_LINK, pos.tolist(), orn,
             lowerLimits=LOWER + [0, 0], upperLimits=UPPER + [0.04, 0.04],
-            jointRanges=[u - lo for u, lo in zip(UPPER, LOWER)] + [0.04, 0.04],
+            jointRanges=[u - lo for u, lo in zip(UPPER, LOWER, strict=False)] + [0.04, 0.04],
             restPoses=REST + [0.04, 0.04], maxNumIterations=60, residualThreshold=1e-5,
             physicsClientId=self.c,
         )

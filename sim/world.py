@@ -7,6 +7,7 @@ objects and the cameras, and reads out the full symbolic state.
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -124,10 +125,8 @@ class World:
         self.close()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown: pybullet may already be gone
             self.close()
-        except Exception:  # interpreter shutdown: pybullet may already be gone
-            pass
 
     def _load_egl(self) -> None:
         import pkgutil

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Union
 
 DIRECTIONS = ("left", "right", "up", "down")
 SIDES = ("left", "right", "top", "bottom")
@@ -97,7 +96,7 @@ class Done:
         return "done"
 
 
-SkillCall = Union[Pick, Place, Push, Answer, Done]
+SkillCall = Pick | Place | Push | Answer | Done
 
 
 def _obj(word: str, text: str) -> str:

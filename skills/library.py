@@ -9,8 +9,9 @@ calls: they come back as failed results with the reason.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Protocol
+from typing import Protocol
 
 from skills.calls import Answer, Done, SkillCall, SkillParseError, parse
 from skills.robot import Robot
@@ -73,8 +74,6 @@ class SkillLibrary:
     """One implementation per verb; ``choices`` overrides the default ``scripted``."""
 
     def __init__(self, choices: dict[str, str] | None = None):
-        import skills.scripted  # noqa: F401  (registers the scripted skills)
-
         choices = {v: "scripted" for v in VERBS} | dict(choices or {})
         self.skills: dict[str, Skill] = {}
         for verb, name in choices.items():

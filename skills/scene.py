@@ -29,10 +29,9 @@ def support_of(name: str, objects: dict[str, ObjectInfo]) -> str:
             expected = (o.height + other.height) / 2
             if d_xy < 0.7 * other.size and abs(dz - expected) < 0.35 * o.height and dz < best_dz:
                 best, best_dz = other.name, dz
-        elif d_xy < other.size / 2 and o.position[2] < other.height + o.height / 2 + 0.01:
+        elif d_xy < other.size / 2 and o.position[2] < other.height + o.height / 2 + 0.01 and best == AIR:
             # Inside the bowl's footprint and below its rim: in the bowl (unless on a block in it).
-            if best == AIR:
-                best, best_dz = other.name, dz
+            best, best_dz = other.name, dz
     if best != AIR:
         return best
     return TABLE if o.position[2] < o.height / 2 + 0.01 else AIR

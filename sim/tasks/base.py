@@ -261,7 +261,7 @@ def _towers(rng: np.random.Generator, colors: list[str], stack_prob: float, max_
 def _tower_placements(rng: np.random.Generator, towers: list[list[str]], xys: list[np.ndarray],
                       yaw_range: float) -> list[Placement]:
     out = []
-    for t, xy in zip(towers, xys):
+    for t, xy in zip(towers, xys, strict=False):
         yaw = float(rng.uniform(-yaw_range, yaw_range))
         out += [Placement("block", c, xy, lvl, yaw + float(rng.uniform(-0.05, 0.05))) for lvl, c in enumerate(t)]
     return out
@@ -279,7 +279,7 @@ def spread_layout(rng: np.random.Generator, world: World, blocks: list[str], bow
     """Bowls first (they are bigger), then blocks (towers if ``stack_prob`` > 0) clear of the bowls."""
     out = []
     bxy = sample_xy(rng, world, len(bowls), spacing=BOWL_SIZE + 0.05, margin=0.07)
-    for c, xy in zip(bowls, bxy):
+    for c, xy in zip(bowls, bxy, strict=False):
         out.append(Placement("bowl", c, xy, 0, float(rng.uniform(-0.3, 0.3))))
     taken = [(xy, BOWL_SIZE * 0.71 + 0.04) for xy in bxy]  # blocks keep clear of the bowls' corners
     towers = _towers(rng, blocks, stack_prob, 3, [])

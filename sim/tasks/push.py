@@ -103,7 +103,7 @@ class PushSortCorners(_Push):
         k = 3 if level == "L4" else 2  # L4: a new composition, three colour groups
         colors = other_colors(rng, [], k)
         corners = [CORNERS[i] for i in rng.choice(4, size=k, replace=False)]
-        return {"corners": dict(zip(colors, corners))}
+        return {"corners": dict(zip(colors, corners, strict=False))}
 
     def build_scene(self, world, ep, rng) -> None:
         groups = list(ep.spec.params["corners"])

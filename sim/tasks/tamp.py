@@ -44,7 +44,7 @@ class _Blocks(TaskFamily):
 
     def sample_params(self, rng: np.random.Generator, n_objects: int, level: str) -> dict[str, Any]:
         cs = other_colors(rng, [], len(self.color_keys))
-        return dict(zip(self.color_keys, cs))
+        return dict(zip(self.color_keys, cs, strict=False))
 
     def _colors(self, ep: TaskEpisode, rng: np.random.Generator, fixed: list[str]) -> list[str]:
         return fixed + other_colors(rng, fixed, ep.spec.n_objects - len(fixed))

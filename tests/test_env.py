@@ -1,0 +1,62 @@
+"""The gymnasium env: check_env, observation contents, failed steps instead of exceptions."""
+
+import gymnasium
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import sim  # noqa: F401  (registers Tabletop-v0)
+from sim.env import EnvConfig, TabletopEnv
+from sim.world import WorldConfig
+
+
+@pytest.fixture(scope="module")
+def env():
+    e = TabletopEnv(EnvConfig(world=WorldConfig(image_size=(64, 64))))
+    yield e
+    e.close()
+
+
+def test_check_env_passes():
+    env = gymnasium.make("Tabletop-v0")
+    check_env(env.unwrapped, skip_render_check=True)
+    env.close()
+
+
+def test_observation_has_images_depth_masks_and_states(env):
+    obs, info = env.reset(options={"spec": {"task": "p2_stack", "params": {"order": ["red", "blue"]},
+                                            "n_objects": 3, "seed": 11}})
+    assert env.observation_space.contains(obs)
+    assert obs["rgb_top"].shape == (64, 64, 3) and obs["rgb_top"].std() > 5
+    depth = obs["depth_top"]
+    assert 0.9 < depth.max() < 1.1 and depth.min() > 0.8  # table ~1 m below the top camera, blocks closer
+    ids = set(np.unique(obs["mask_top"])) - {0, -1}
+    assert ids == {1, 2, 3}  # every block is visible from the top
+    objects = obs["objects"]
+    assert objects[:3, 0].tolist() == [1, 1, 1] and objects[3:, 0].sum() == 0
+    assert "obj_" in obs["instruction"] and info["spec"]["task"] == "p2_stack"
+
+
+def test_bad_actions_are_failed_steps(env):
+    env.reset(seed=0)
+    for action in ["", "jump", "pick obj_99", "place obj_1 on obj_1", "x" * 100]:
+        _, reward, terminated, _, info = env.step(action)
+        assert reward == 0.0 and not terminated and info["skill_success"] is False and info["message"]
+
+
+def test_oracle_episode_terminates_with_reward(env):
+    obs, info = env.reset(options={"spec": {"task": "p1_grasp", "params": {"target": "red"}, "n_objects": 4,
+                                            "seed": 5}})
+    for _ in range(info["max_steps"]):
+        obs, reward, terminated, truncated, info = env.step(env.oracle_action())
+        if terminated or truncated:
+            break
+    assert terminated and reward == 1.0 and info["held"] is not None
+
+
+def test_valid_actions_all_possible(env):
+    env.reset(options={"spec": {"task": "bowl_place", "params": {"block": "red", "bowl": "blue"},
+                                "n_objects": 4, "seed": 3}})
+    acts = env.valid_actions()
+    assert "done" in acts and any(a.startswith("pick") for a in acts) and any(a.startswith("push") for a in acts)
+    assert not any(a.startswith("place") for a in acts)  # nothing held yet

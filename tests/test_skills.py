@@ -1,0 +1,115 @@
+"""Skill grammar (round trips, rejections), registry, and execution in a real PyBullet world."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from sim.world import World
+from skills import Answer, Done, Pick, Place, Push, SkillLibrary, SkillParseError, parse, register_skill
+from skills.calls import CORNERS, DIRECTIONS, SIDES
+
+objs = st.integers(1, 16).map(lambda k: f"obj_{k}")
+coords = st.floats(-0.5, 0.9, allow_nan=False).map(lambda v: round(v, 2))
+
+
+@st.composite
+def calls(draw):
+    a = draw(objs)
+    b = draw(objs.filter(lambda o: o != a))
+    return draw(st.sampled_from([
+        Pick(a), Place(a, target=b), Place(a, target=b, in_bowl=True), Place(a),
+        Place(a, at=(draw(coords), draw(coords))),
+        Push(a, direction=draw(st.sampled_from(DIRECTIONS))), Push(a, corner=draw(st.sampled_from(CORNERS))),
+        Push(a, side=draw(st.sampled_from(SIDES))), Push(a, to_obj=b),
+        Answer(draw(st.sampled_from(["yes", "no", "red", "dark_blue"]))), Done(),
+    ]))
+
+
+@given(calls())
+def test_parse_round_trip(call):
+    text = str(call)
+    assert parse(text) == call
+    assert str(parse(text)) == text
+
+
+@pytest.mark.parametrize("text,why", [
+    ("", "empty"),
+    ("fly obj_1", "unknown skill 'fly'"),
+    ("pick", "wrong arguments"),
+    ("pick red", "expected an object name"),
+    ("pick obj_0", "expected an object name"),
+    ("place obj_1 on obj_1", "on itself"),
+    ("place obj_1 under obj_2", "expected 'on' or 'in'"),
+    ("place obj_1 in table", "'on table'"),
+    ("place obj_1 on table at x y", "on table at X Y"),
+    ("push obj_1 to obj_1", "to itself"),
+    ("push obj_1 sideways", "cannot read push target"),
+    ("push obj_1 to middle left corner", "cannot read push target"),
+    ("answer Yes!", "lower-case"),
+    ("done now", "wrong arguments"),
+])
+def test_parse_rejects_with_reason(text, why):
+    with pytest.raises(SkillParseError, match=why.replace("(", r"\(").replace(")", r"\)")):
+        parse(text)
+
+
+def test_registry_refuses_duplicates_and_unknown_choices():
+    with pytest.raises(ValueError, match="already registered"):
+        register_skill("pick", "scripted")(type("Again", (), {}))
+    with pytest.raises(ValueError, match="no skill 'learned' for 'push'"):
+        SkillLibrary({"push": "learned"})
+
+
+@pytest.fixture()
+def world():
+    w = World(seed=0)
+    w.add_block("red", (0.50, 0.00))
+    w.add_block("blue", (0.45, 0.15))
+    w.add_block("green", (0.50, 0.00), z=0.06)  # on red
+    w.add_bowl("yellow", (0.60, -0.15))
+    w.settle(0.3)
+    yield w
+    w.close()
+
+
+def test_impossible_calls_fail_cleanly(world):
+    lib = SkillLibrary()
+    robot = world.robot
+    cases = [
+        ("pick obj_9", "there is no obj_9"),
+        ("pick obj_1", "obj_1 has obj_3 on it"),
+        ("pick obj_4", "only blocks can be picked"),
+        ("place obj_2 on obj_3", "not holding obj_2"),
+        ("push obj_3 left", "not on the table"),
+        ("grab obj_2", "unknown skill"),
+    ]
+    for text, why in cases:
+        r = lib.run(text, robot)
+        assert not r.success and why in r.message, (text, r.message)
+        assert r.sim_time == 0.0
+    r = lib.run("pick obj_2", robot)
+    assert r.success and robot.held() == "obj_2" and r.sim_time > 0.5
+    r = lib.run("pick obj_3", robot)
+    assert not r.success and "already holding obj_2" in r.message
+    r = lib.run("place obj_2 on obj_4", robot)
+    assert not r.success and "is a bowl" in r.message
+
+
+def test_pick_place_stack_and_bowl_for_real(world):
+    lib = SkillLibrary()
+    state = lambda: {s["name"]: s["on"] for s in world.state()}
+    for text in ["pick obj_3", "place obj_3 on obj_2", "pick obj_1", "place obj_1 in obj_4"]:
+        r = lib.run(text, world.robot)
+        assert r.success, r.message
+    assert state() == {"obj_1": "obj_4", "obj_2": "table", "obj_3": "obj_2", "obj_4": "table"}
+    # The block rests on the blue one physically (no teleport): its height is one block up.
+    pos = {s["name"]: s["position"] for s in world.state()}
+    assert abs(pos["obj_3"][2] - 0.06) < 0.005
+
+
+def test_push_moves_block_into_corner(world):
+    lib = SkillLibrary()
+    r = lib.run("push obj_2 to top left corner", world.robot)
+    assert r.success, r.message
+    x, y, _ = next(s["position"] for s in world.state() if s["name"] == "obj_2")
+    assert x > 0.58 and y > 0.18
