@@ -38,8 +38,8 @@ class EpisodeRow:
 
 def run_episode(env: TabletopEnv, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
     t0 = time.perf_counter()
-    steps0 = env.world.steps
     obs, info = env.reset(options={"spec": spec})
+    steps0 = env.world.steps  # reset() rebuilds the world: count physics from here
     planner.reset(env, obs, info)
     plan, oks, msgs, frames = [], [], [], []
     planner_s, ended = 0.0, False

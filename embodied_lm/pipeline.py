@@ -54,14 +54,13 @@ def run_eval(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path) -> Path:
 
             recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=store_attrs(env, cfg_dict)))
         t0 = time.perf_counter()
-        steps0 = env.world.steps
         rows = evaluate(env, planner, specs, recorder, progress=cfg.eval.progress)
         eval_s = time.perf_counter() - t0
     env.close()
     n_steps = sum(r.steps for r in rows)
     timing = {"collect_s": 0.0, "train_s": 0.0, "eval_s": round(eval_s, 2),
               "planner_ms_per_step": round(sum(r.planner_ms * r.steps for r in rows) / max(n_steps, 1), 3),
-              "sim_steps_per_s": round((env.world.steps - steps0) / max(eval_s, 1e-9), 1)}
+              "sim_steps_per_s": round(sum(r.physics_steps for r in rows) / max(eval_s, 1e-9), 1)}
     results = build_results(cfg.task.name, cfg.planner.name, cfg_dict, rows, timing)
     path = write_results(run_dir, results, rows)
     plot_results({cfg.planner.name: results}, run_dir / "success.png")

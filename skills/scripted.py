@@ -126,7 +126,7 @@ class ScriptedPlace:
 
 @register_skill("push", "scripted")
 class ScriptedPush:
-    max_strokes = 4
+    max_strokes = 6
     tolerance = 0.015
 
     def check(self, call: Push, robot: Robot) -> None:
@@ -141,41 +141,50 @@ class ScriptedPush:
             raise SkillImpossible(f"{call.obj} is not on the table")
         _clear(robot, call.obj)
 
-    def goal(self, call: Push, robot: Robot, start: np.ndarray) -> np.ndarray:
+    def goal(self, call: Push, robot: Robot, start: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(next stroke target, final spot).  The final spot is the cheapest one that satisfies the call;
+        when every straight corridor to it is blocked by other blocks, the next target is a detour point."""
         ws = robot.workspace
-        if call.direction:
-            g = start + 0.10 * scene.DIRECTION_VECTORS[call.direction]
-        elif call.corner:
-            g = scene.corner_point(call.corner, ws)
-        elif call.side:
-            g = scene.side_point(call.side, start, ws)
-        else:
-            g = self._beside(call, robot)
-        return np.clip(g, [ws.x[0] + 0.03, ws.y[0] + 0.03], [ws.x[1] - 0.03, ws.y[1] - 0.03])
-
-    def _beside(self, call: Push, robot: Robot) -> np.ndarray:
-        """A spot next to the target block whose straight path from the block is free of other blocks."""
         objs = robot.objects()
-        a, b = objs[call.obj].position[:2], objs[call.to_obj].position[:2]
-        others = [o.position[:2] for o in objs.values() if o.name not in (call.obj, call.to_obj)]
-        ws = robot.workspace
-        best, best_cost = None, np.inf
-        for ang in np.linspace(0, 2 * np.pi, 16, endpoint=False):
-            spot = b + 0.055 * np.array([np.cos(ang), np.sin(ang)])
-            if not ws.contains(spot, 0.03):
+        a = objs[call.obj].position[:2]
+        if call.direction:
+            g = self._clip(start + 0.10 * scene.DIRECTION_VECTORS[call.direction], ws)
+            return g, g
+        if call.corner:
+            anchor = scene.corner_point(call.corner, ws)
+            cands = [anchor + d for d in _GRID if scene.in_corner(anchor + d, call.corner, ws)]
+        elif call.side:
+            anchor = scene.side_point(call.side, a, ws)
+            along = np.array([1.0, 0.0]) if call.side in ("left", "right") else np.array([0.0, 1.0])
+            cands = [anchor + t * along for t in np.arange(-0.15, 0.151, 0.025)]
+        else:
+            anchor = objs[call.to_obj].position[:2]
+            cands = [anchor + 0.055 * np.array([np.cos(t), np.sin(t)])
+                     for t in np.linspace(0, 2 * np.pi, 16, endpoint=False)]
+        cands = [self._clip(c, ws) for c in cands]
+        others = [o.position[:2] for o in objs.values() if o.name != call.obj and o.kind == "block"]
+        taken = lambda g: sum(float(np.linalg.norm(q - g)) < 0.05 for q in others)
+        scored = sorted((_leg_cost(a, g, others) + taken(g) + 0.5 * float(np.linalg.norm(g - anchor)), i)
+                        for i, g in enumerate(cands))
+        best_cost, best = scored[0][0], cands[scored[0][1]]
+        if best_cost < 1.0:
+            return best, best
+        # Every straight push is obstructed: try one detour point on a coarse table grid.
+        detour = None
+        for w in _TABLE_GRID(ws):
+            if any(float(np.linalg.norm(q - w)) < 0.06 for q in others):
                 continue
-            d = spot - a
-            u = d / max(float(np.linalg.norm(d)), 1e-6)
-            # Blocked: another block (or the target itself) in the swept corridor, or where the pusher goes down.
-            hits = [_seg_dist(q, a, spot) < 0.05 for q in others] + [_seg_dist(b, a, spot) < 0.05]
-            pusher = a - u * 0.045
-            hits += [float(np.linalg.norm(q - pusher)) < 0.045 for q in others]
-            cost = float(np.linalg.norm(d)) + 1.0 * sum(hits)
-            if cost < best_cost:
-                best, best_cost = spot, cost
-        if best is None:
-            return b - (b - a) / max(float(np.linalg.norm(b - a)), 1e-6) * 0.055
-        return best
+            for _, i in scored[:6]:
+                g = cands[i]
+                cost = (_leg_cost(a, w, others) + _leg_cost(w, g, others) + taken(g)
+                        + 0.5 * float(np.linalg.norm(g - anchor)))
+                if cost < best_cost:
+                    best_cost, best, detour = cost, g, w
+        return (detour if detour is not None else best), best
+
+    @staticmethod
+    def _clip(g: np.ndarray, ws) -> np.ndarray:
+        return np.clip(g, [ws.x[0] + 0.03, ws.y[0] + 0.03], [ws.x[1] - 0.03, ws.y[1] - 0.03])
 
     def done(self, call: Push, robot: Robot, start: np.ndarray) -> bool:
         objs = robot.objects()
@@ -190,25 +199,47 @@ class ScriptedPush:
 
     def execute(self, call: Push, robot: Robot) -> bool:
         start = robot.objects()[call.obj].position[:2].copy()
-        goal = self.goal(call, robot, start)
         for _ in range(self.max_strokes):
-            if call.to_obj is not None:
-                goal = self.goal(call, robot, start)  # the target block may have been nudged
-            obj = robot.objects()[call.obj]
-            d = goal - obj.position[:2]
-            dist = float(np.linalg.norm(d))
-            if dist < self.tolerance or (self.done(call, robot, start) and dist < 0.04):
+            target, final = self.goal(call, robot, start)  # re-chosen each stroke: blocks get nudged
+            xy = robot.objects()[call.obj].position[:2]
+            if self.done(call, robot, start) and float(np.linalg.norm(final - xy)) < 0.04:
                 break
-            u = d / dist
-            yaw = _wrap90(math.atan2(u[1], u[0]) + math.pi / 2)  # fingers side by side across the stroke
-            behind = obj.position[:2] - u * (obj.size / 2 + 0.025)
-            end = obj.position[:2] + u * (dist - obj.size / 2 - 0.012)
-            _travel(robot, behind, yaw)
-            robot.close_gripper()
-            robot.move_ee(np.array([*behind, PUSH_Z]), yaw, speed=0.3)
-            robot.move_ee(np.array([*end, PUSH_Z]), yaw, speed=PUSH_SPEED)
-            robot.move_ee(np.array([*end, TRAVEL_Z]), yaw)
+            d = target - xy
+            dist = float(np.linalg.norm(d))
+            if dist < self.tolerance:
+                break
+            self._stroke(robot, call.obj, d / dist, dist)
         return self.done(call, robot, start)
+
+    def _stroke(self, robot: Robot, name: str, u: np.ndarray, dist: float) -> None:
+        """Drop the closed gripper behind the block and push it ``dist`` along ``u``."""
+        obj = robot.objects()[name]
+        yaw = _wrap90(math.atan2(u[1], u[0]) + math.pi / 2)  # fingers side by side across the stroke
+        behind = obj.position[:2] - u * (obj.size / 2 + 0.025)
+        end = obj.position[:2] + u * (dist - obj.size / 2 - 0.012)
+        _travel(robot, behind, yaw)
+        robot.close_gripper()
+        robot.move_ee(np.array([*behind, PUSH_Z]), yaw, speed=0.3)
+        robot.move_ee(np.array([*end, PUSH_Z]), yaw, speed=PUSH_SPEED)
+        robot.move_ee(np.array([*end, TRAVEL_Z]), yaw)
+
+
+_GRID = [np.array([dx, dy]) for dx in np.arange(-0.10, 0.101, 0.025) for dy in np.arange(-0.10, 0.101, 0.025)]
+
+
+def _TABLE_GRID(ws) -> list[np.ndarray]:
+    return [np.array([x, y]) for x in np.arange(ws.x[0] + 0.05, ws.x[1] - 0.049, 0.05)
+            for y in np.arange(ws.y[0] + 0.05, ws.y[1] - 0.049, 0.05)]
+
+
+def _leg_cost(a: np.ndarray, g: np.ndarray, others: list[np.ndarray]) -> float:
+    """Length of a straight push from a to g, plus 1 per block in its corridor or where the pusher drops."""
+    d = g - a
+    n = float(np.linalg.norm(d))
+    pusher = a - d / max(n, 1e-6) * 0.045
+    hits = sum(_seg_dist(q, a, g) < 0.045 for q in others)
+    hits += sum(float(np.linalg.norm(q - pusher)) < 0.045 for q in others)
+    return n + hits
 
 
 def _seg_dist(q: np.ndarray, a: np.ndarray, b: np.ndarray) -> float:

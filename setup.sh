@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# Create .venv in this checkout and install embodied_lm with its test tools (idempotent).
+# Used by both README commands and by CI.
+set -euo pipefail
+cd "$(dirname "$0")"
+
+# System libraries for PyBullet's EGL renderer (optional renderer=egl; Mesa runs it on a CPU).
+missing=()
+ldconfig -p | grep -q 'libEGL.so.1 ' || missing+=(libegl1)
+ldconfig -p | grep -q 'libGL.so.1 ' || missing+=(libgl1)
+[ -d /usr/lib/x86_64-linux-gnu/dri ] || missing+=(libgl1-mesa-dri)
+if [ ${#missing[@]} -gt 0 ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+  else
+    echo "setup: optional system packages missing (renderer=egl needs them): ${missing[*]}" >&2
+  fi
+fi
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+[ -x .venv/bin/python ] || "$PY" -m venv .venv
+export PIP_DISABLE_PIP_VERSION_CHECK=1
+# CPU torch first: a bare 'torch' requirement would pull several GB of CUDA wheels.
+.venv/bin/pip install -q "torch==2.13.0" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/pip install -q -e ".[test]" 2>&1 | grep -v "^WARNING: Location" || true
+.venv/bin/python -c "import torch, pybullet, zarr, hydra, gymnasium" 2>/dev/null \
+  || { echo "setup: install failed (see pip output above)" >&2; exit 1; }
