@@ -13,8 +13,8 @@ import numpy as np
 from tqdm import tqdm
 
 from embodied_lm.planners import Planner
-from sim.env import TabletopEnv
-from sim.tasks import EpisodeSpec
+from sim.tasks import FAMILIES, EpisodeSpec
+from skills.embodiment import Embodiment
 
 
 @dataclass
@@ -36,13 +36,13 @@ class EpisodeRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_episode(env: TabletopEnv, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
+def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
+    """Drive one episode through any ``Embodiment`` (sim env or ROS bridge)."""
     t0 = time.perf_counter()
     obs, info = env.reset(options={"spec": spec})
-    steps0 = env.world.steps  # reset() rebuilds the world: count physics from here
     planner.reset(env, obs, info)
     plan, oks, msgs, frames = [], [], [], []
-    planner_s, ended = 0.0, False
+    planner_s, ended, physics = 0.0, False, 0
     while True:
         t = time.perf_counter()
         action = planner.act(obs, info)
@@ -53,16 +53,17 @@ def run_episode(env: TabletopEnv, planner: Planner, spec: EpisodeSpec, recorder=
         plan.append(action)
         oks.append(bool(info["skill_success"]))
         msgs.append(info["message"])
+        physics += int(info.get("physics_steps", 0))
         if terminated or truncated:
             ended = terminated
             break
     success = bool(info["success"])
     plan_ok = ended and all(oks)
-    if env.episode.family.kind == "question":
+    if FAMILIES[spec.task].kind == "question":
         plan_ok = plan_ok and success
-    row = EpisodeRow(spec.to_dict(), env.episode.instruction, plan, oks, msgs, success, plan_ok, len(plan),
-                     round(env.world.sim_time, 3), 1000 * planner_s / max(len(plan), 1),
-                     time.perf_counter() - t0, env.world.steps - steps0)
+    row = EpisodeRow(spec.to_dict(), info["instruction"], plan, oks, msgs, success, plan_ok, len(plan),
+                     round(float(info["sim_time"]), 3), 1000 * planner_s / max(len(plan), 1),
+                     time.perf_counter() - t0, physics)
     if recorder is not None:
         recorder.append(_to_record(frames, row))
     return row
@@ -82,7 +83,7 @@ def _to_record(frames: list[dict[str, Any]], row: EpisodeRow):
     return Episode(data=data, meta=meta)
 
 
-def evaluate(env: TabletopEnv, planner: Planner, specs: Sequence[EpisodeSpec], recorder=None,
+def evaluate(env: Embodiment, planner: Planner, specs: Sequence[EpisodeSpec], recorder=None,
              progress: bool = True) -> list[EpisodeRow]:
     rows = []
     bar = tqdm(specs, desc=f"eval {planner.name}", unit="ep", disable=not progress, dynamic_ncols=True)

@@ -51,6 +51,8 @@ class EnvConfig:
 
 
 class TabletopEnv(gym.Env):
+    """The simulated ``skills.embodiment.Embodiment``."""
+
     metadata = {"render_modes": ["rgb_array"], "render_fps": 4}
 
     def __init__(self, config: EnvConfig | dict | None = None, render_mode: str | None = None):
@@ -90,6 +92,7 @@ class TabletopEnv(gym.Env):
     def step(self, action: str):
         if self.episode is None:
             raise RuntimeError("call reset() before step()")
+        steps0 = self.world.steps
         result = self.skills.run(action, self.world.robot)
         self.steps += 1
         call = result.call
@@ -100,7 +103,8 @@ class TabletopEnv(gym.Env):
         truncated = not terminated and self.steps >= self.episode.max_steps
         reward = 1.0 if terminated and success else 0.0
         info = self._info() | {"skill_success": result.success, "message": result.message,
-                               "skill_time": result.sim_time, "success": success}
+                               "skill_time": result.sim_time, "success": success,
+                               "physics_steps": self.world.steps - steps0}
         return self._observe(), reward, terminated, truncated, info
 
     def render(self):

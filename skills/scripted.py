@@ -204,6 +204,8 @@ class ScriptedPush:
             xy = robot.objects()[call.obj].position[:2]
             if self.done(call, robot, start) and float(np.linalg.norm(final - xy)) < 0.04:
                 break
+            if float(np.linalg.norm(target - xy)) < self.tolerance:
+                target = final  # at the detour point (or the goal): head for the goal
             d = target - xy
             dist = float(np.linalg.norm(d))
             if dist < self.tolerance:
