@@ -76,13 +76,86 @@ class EvalConfig:
             raise ConfigError(f"eval.split must be one of {list(SEED_SPLITS)}, got {self.split!r}")
 
 
+TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
+
+
+@dataclass
+class SensorsConfig:
+    name: str = "state"  # state | vit | object | pointcloud
+    encoder: dict[str, Any] = field(default_factory=dict)  # encoder config fields (dim, camera, ...)
+
+    def __post_init__(self) -> None:
+        from sensors import ENCODERS
+
+        if self.name not in ENCODERS:
+            raise ConfigError(f"sensors.name: unknown {self.name!r}; known: {', '.join(sorted(ENCODERS))}")
+
+
+@dataclass
+class BackboneConfig:
+    name: str = "smollm2"  # smollm2 | tiny | a local Hugging Face model directory
+
+
+@dataclass
+class CollectConfig:
+    episodes: int = 60  # oracle demonstrations per family (train seeds, L1)
+    families: list[str] = field(default_factory=lambda: list(TAMP_FAMILIES))
+    levels: list[str] = field(default_factory=lambda: ["L1"])
+
+    def __post_init__(self) -> None:
+        from sim.tasks import FAMILIES
+
+        unknown = [f for f in self.families if f not in FAMILIES]
+        if unknown or not self.families:
+            raise ConfigError(f"collect.families: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
+        if self.episodes < 1:
+            raise ConfigError(f"collect.episodes must be >= 1, got {self.episodes}")
+
+
+@dataclass
+class TrainSettings:
+    mode: str = "lora"  # frozen | lora | full
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3
+    sensor_lr: float = 1e-3
+    warmup: int = 30
+    lora_r: int = 16
+    projector: str = "mlp"
+    checkpoint_every: int = 200
+    resume: bool = False  # continue from `checkpoint` if it exists
+
+    def __post_init__(self) -> None:
+        if self.mode not in ("frozen", "lora", "full"):
+            raise ConfigError(f"train.mode must be frozen, lora or full, got {self.mode!r}")
+        if self.steps < 1 or self.batch_size < 1:
+            raise ConfigError("train.steps and train.batch_size must be >= 1")
+
+
+@dataclass
+class DecodeConfig:
+    constrained: bool = True  # grammar-constrained decoding of every step
+
+
 @dataclass
 class RunConfig:
     task: TaskConfig = field(default_factory=TaskConfig)
     planner: PlannerConfig = field(default_factory=PlannerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    sensors: SensorsConfig = field(default_factory=SensorsConfig)
+    backbone: BackboneConfig = field(default_factory=BackboneConfig)
+    collect: CollectConfig = field(default_factory=CollectConfig)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    decode: DecodeConfig = field(default_factory=DecodeConfig)
+    stage: str = "all"  # all | collect | train | eval
+    dataset: str | None = None  # zarr store of demonstrations (default: <run dir>/demos.zarr)
+    checkpoint: str | None = None  # checkpoint directory (default: <run dir>/checkpoint)
     seed: int = 0
-    record: str | None = None  # zarr store to append every episode to
+    record: str | None = None  # zarr store to append every evaluated episode to
+
+    def __post_init__(self) -> None:
+        if self.stage not in ("all", "collect", "train", "eval"):
+            raise ConfigError(f"stage must be all, collect, train or eval, got {self.stage!r}")
 
 
 def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:

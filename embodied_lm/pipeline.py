@@ -1,14 +1,19 @@
-"""What ``experiments/run.py`` dispatches to: evaluate a planner on the task suite, write results."""
+"""What ``experiments/run.py`` dispatches to.
+
+``stage=all`` with ``planner=embodied_lm``: collect oracle demonstrations into zarr (train seeds) ->
+train the model -> evaluate closed loop on test seeds at every level.  Other planners only evaluate.
+``stage=collect|train|eval`` run one stage (``dataset=``, ``checkpoint=`` point at earlier outputs).
+"""
 
 from __future__ import annotations
 
 import contextlib
+import json
 import time
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from embodied_lm.config import RunConfig
+from embodied_lm.config import ConfigError, RunConfig
 from embodied_lm.evaluate import evaluate
 from embodied_lm.planners import make_planner
 from embodied_lm.results import build_results, format_table, plot_results, versions, write_results
@@ -28,24 +33,84 @@ def make_env(cfg: RunConfig, observe_images: bool) -> TabletopEnv:
 def eval_specs(cfg: RunConfig) -> list[EpisodeSpec]:
     if cfg.eval.spec:
         return load_specs(cfg.eval.spec)
-    families = cfg.eval.families or cfg.task.families or None
+    families = cfg.eval.families or (cfg.collect.families if cfg.planner.name == "embodied_lm" else None)
+    families = families or cfg.task.families or None
     return generate_specs(families, cfg.eval.levels, cfg.eval.episodes, cfg.seed, cfg.eval.split)
 
 
 def store_attrs(env: TabletopEnv, cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    world = env.world
     return {
         "versions": versions(),
-        "cameras": {cam: world.camera_params(cam) for cam in env.config.world.cameras},
+        "cameras": env.camera_params(),
         "renderer": env.config.world.renderer,
         "time_step": env.config.world.time_step,
         "env_config": cfg_dict,
     }
 
 
-def run_eval(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path) -> Path:
+def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
+    """Oracle demonstrations on train seeds, recorded to ``path``."""
+    from embodied_lm.datasets import ReplayWriter
+
+    specs = generate_specs(cfg.collect.families, cfg.collect.levels, cfg.collect.episodes, cfg.seed, "train")
+    env = make_env(cfg, observe_images=True)
+    t0 = time.perf_counter()
+    with ReplayWriter(path, attrs=store_attrs(env, cfg_dict)) as writer:
+        rows = evaluate(env, make_planner("oracle"), specs, writer, progress=cfg.eval.progress)
+    env.close()
+    ok = sum(r.success for r in rows)
+    print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
+    return time.perf_counter() - t0
+
+
+def build_model(cfg: RunConfig):
+    from embodied_lm.model import EmbodiedLM, ModelConfig
+
+    mcfg = ModelConfig(backbone=cfg.backbone.name, sensors=cfg.sensors.name, encoder=dict(cfg.sensors.encoder),
+                       projector=cfg.train.projector, mode=cfg.train.mode, lora_r=cfg.train.lora_r,
+                       lora_alpha=2 * cfg.train.lora_r)
+    return EmbodiedLM(mcfg, seed=cfg.seed)
+
+
+def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, dict]:
+    from embodied_lm.data import examples_from_store
+    from embodied_lm.train import TrainConfig, train
+
+    model = build_model(cfg)
+    examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families)
+    t = cfg.train
+    tcfg = TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, sensor_lr=t.sensor_lr, warmup=t.warmup,
+                       seed=cfg.seed, checkpoint_every=t.checkpoint_every)
+    resume = checkpoint if t.resume and checkpoint.exists() else None
+    state = train(model, examples, tcfg, checkpoint, resume=resume, progress=cfg.eval.progress)
+    tps = state["tokens"] / max(state["train_s"], 1e-9)
+    print(f"train: {state['step']} steps on {len(examples)} examples, final loss {state['losses'][-1]:.3f}, "
+          f"{tps:.0f} tokens/s -> {checkpoint}")
+    return model, state
+
+
+def load_model(cfg: RunConfig, checkpoint: Path):
+    """The model a checkpoint was trained as (its config wins over sensors/backbone overrides)."""
+    from embodied_lm.model import EmbodiedLM
+    from embodied_lm.train import load_checkpoint, model_config_from_checkpoint
+
+    model = EmbodiedLM(model_config_from_checkpoint(checkpoint), seed=cfg.seed)
+    load_checkpoint(model, checkpoint)
+    return model.eval()
+
+
+def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, model=None,
+               timing: dict[str, float] | None = None) -> Path:
     specs = eval_specs(cfg)  # validated before anything runs
-    planner = make_planner(cfg.planner.name, seed=cfg.planner.seed)
+    name = cfg.planner.name
+    if name == "embodied_lm":
+        if model is None:
+            model = load_model(cfg, _checkpoint(cfg, run_dir, must_exist=True))
+        planner = make_planner(name, model=model, constrained=cfg.decode.constrained)
+    elif name == "saycan":
+        planner = make_planner(name, backbone=cfg.backbone.name)
+    else:
+        planner = make_planner(name, seed=cfg.planner.seed)
     env = make_env(cfg, observe_images=planner.needs_images or bool(cfg.record))
     with contextlib.ExitStack() as stack:
         recorder = None
@@ -58,18 +123,55 @@ def run_eval(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path) -> Path:
         eval_s = time.perf_counter() - t0
     env.close()
     n_steps = sum(r.steps for r in rows)
-    timing = {"collect_s": 0.0, "train_s": 0.0, "eval_s": round(eval_s, 2),
+    timing = {"collect_s": 0.0, "train_s": 0.0, **(timing or {}), "eval_s": round(eval_s, 2),
               "planner_ms_per_step": round(sum(r.planner_ms * r.steps for r in rows) / max(n_steps, 1), 3),
               "sim_steps_per_s": round(sum(r.physics_steps for r in rows) / max(eval_s, 1e-9), 1)}
-    results = build_results(cfg.task.name, cfg.planner.name, cfg_dict, rows, timing)
+    results = build_results(cfg.task.name, name, cfg_dict, rows, timing)
     path = write_results(run_dir, results, rows)
-    plot_results({cfg.planner.name: results}, run_dir / "success.png")
+    plot_results({name: results}, run_dir / "success.png")
     print(format_table(results["families"]))
-    print(f"summary: success {results['summary']['success_rate']:.1%} over {len(rows)} episodes "
+    print(f"summary: {name} success {results['summary']['success_rate']:.1%} over {len(rows)} episodes "
           f"in {eval_s:.0f} s" + (f"; recorded to {cfg.record}" if cfg.record else ""))
     return path
 
 
-def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path:
-    """Entry point behind experiments/run.py; returns the results.json path."""
-    return run_eval(cfg, cfg_dict or asdict(cfg), Path(run_dir))
+def _dataset(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path:
+    path = Path(cfg.dataset) if cfg.dataset else run_dir / "demos.zarr"
+    if must_exist:
+        from embodied_lm.datasets import ReplayReader
+
+        ReplayReader(path)  # raises a one-line InvalidStoreError when it is not a valid store
+    return path
+
+
+def _checkpoint(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path:
+    path = Path(cfg.checkpoint) if cfg.checkpoint else run_dir / "checkpoint"
+    if must_exist:
+        from embodied_lm.train import read_checkpoint_config
+
+        read_checkpoint_config(path)  # one-line CheckpointError when missing or incomplete
+    return path
+
+
+def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path | None:
+    """Entry point behind experiments/run.py; returns the results.json path (None for collect/train only)."""
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    lm = cfg.planner.name == "embodied_lm"
+    stages = ["collect", "train", "eval"] if cfg.stage == "all" and lm else [cfg.stage]
+    if cfg.stage == "all" and not lm:
+        stages = ["eval"]
+    if not lm and stages != ["eval"] and cfg.stage != "collect":
+        raise ConfigError(f"stage={cfg.stage} needs planner=embodied_lm ({cfg.planner.name} only evaluates)")
+    timing: dict[str, float] = {}
+    model = None
+    if "collect" in stages:
+        timing["collect_s"] = round(collect(cfg, cfg_dict, _dataset(cfg, run_dir)), 2)
+    if "train" in stages:
+        model, state = train_stage(cfg, _dataset(cfg, run_dir, must_exist=True), _checkpoint(cfg, run_dir))
+        timing["train_s"] = round(state["train_s"], 2)
+        timing["train_tokens_per_s"] = round(state["tokens"] / max(state["train_s"], 1e-9), 1)
+        (run_dir / "train_losses.json").write_text(json.dumps(state["losses"]))
+    if "eval" in stages:
+        return eval_stage(cfg, cfg_dict, run_dir, model, timing)
+    return None

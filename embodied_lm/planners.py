@@ -75,3 +75,6 @@ class RandomPlanner:
     def act(self, obs, info) -> str:
         options = self.env.valid_actions()
         return options[int(self.rng.integers(len(options)))]
+
+
+from embodied_lm import lm_planner  # noqa: E402,F401  (registers embodied_lm and saycan)

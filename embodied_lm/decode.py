@@ -1,0 +1,105 @@
+"""Greedy decoding with a KV cache, optionally grammar-constrained.
+
+Constrained decoding walks a token trie of every well-formed skill call over the objects in the
+current scene (plus ``done`` and the answers), so each emitted step parses into a valid call — the
+model still chooses which one; feasibility (is the block clear?) is NOT encoded in the grammar.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from skills.calls import CORNERS, DIRECTIONS, SIDES
+
+COLOR_ANSWERS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "cyan", "brown", "white")
+
+
+def grammar_calls(names: Sequence[str], kinds: Sequence[str] | None = None) -> list[str]:
+    """Every well-formed call over ``names`` (bowls get ``in``, blocks ``on``; unknown kinds get both)."""
+    kinds = list(kinds) if kinds is not None else ["?"] * len(names)
+    out = ["done", "answer yes", "answer no"] + [f"answer {c}" for c in COLOR_ANSWERS]
+    for a in names:
+        out.append(f"pick {a}")
+        out.append(f"place {a} on table")
+        for b, kb in zip(names, kinds):
+            if b == a:
+                continue
+            if kb in ("block", "?"):
+                out.append(f"place {a} on {b}")
+                out.append(f"push {a} to {b}")
+            if kb in ("bowl", "?"):
+                out.append(f"place {a} in {b}")
+        out += [f"push {a} {d}" for d in DIRECTIONS] + [f"push {a} to {c} corner" for c in CORNERS]
+        out += [f"push {a} to {s} side" for s in SIDES]
+    return out
+
+
+class Trie:
+    """Token-id prefix tree of candidate continuations (each ends with eos)."""
+
+    def __init__(self, tok, candidates: Sequence[str]):
+        self.root: dict = {}
+        enc = tok([" " + c for c in candidates], add_special_tokens=False)["input_ids"]
+        for seq, text in zip(enc, candidates):
+            node = self.root
+            for t in [*seq, tok.eos_token_id]:
+                node = node.setdefault(t, {})
+            node[None] = text  # leaf marker
+
+
+@torch.no_grad()
+def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: int = 16) -> str:
+    """Decode from prefix ``embeds`` (1, T, D).  With ``trie`` only its continuations are allowed."""
+    from transformers import DynamicCache
+
+    out = model.body(inputs_embeds=embeds, past_key_values=DynamicCache(), use_cache=True)
+    h = out.last_hidden_state[:, -1]  # (1, D)
+    node = trie.root if trie is not None else None
+    ids: list[int] = []
+    for _ in range(max_new):
+        logits = model.head(h)[0]  # (V,)
+        if node is not None:
+            allowed = [t for t in node if t is not None]
+            nxt = allowed[int(torch.argmax(logits[allowed]))]
+            node = node[nxt]
+            if nxt == tok.eos_token_id:
+                return node[None]
+        else:
+            nxt = int(torch.argmax(logits))
+            if nxt == tok.eos_token_id:
+                break
+        ids.append(nxt)
+        if node is None and "\n" in tok.decode([nxt]):
+            break
+        emb = model.embed(torch.tensor([[nxt]]))  # (1, 1, D)
+        out = model.body(inputs_embeds=emb, past_key_values=out.past_key_values, use_cache=True)
+        h = out.last_hidden_state[:, -1]
+    return tok.decode(ids).strip()
+
+
+@torch.no_grad()
+def score_candidates(model, embeds: torch.Tensor, tok, candidates: Sequence[str]) -> torch.Tensor:
+    """Sum of log-probabilities of each candidate (+ eos) after prefix ``embeds`` (1, T, D) -> (C,)."""
+    from transformers import DynamicCache
+
+    out = model.body(inputs_embeds=embeds, use_cache=True, past_key_values=DynamicCache())
+    enc = tok([" " + c for c in candidates], add_special_tokens=False)["input_ids"]
+    seqs = [s + [tok.eos_token_id] for s in enc]
+    L = max(len(s) for s in seqs)
+    C = len(seqs)
+    ids = torch.full((C, L), tok.eos_token_id, dtype=torch.long)
+    mask = torch.zeros((C, L), dtype=torch.bool)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = True
+    # Reuse the prefix cache for every candidate: expand it along the batch.
+    cache = out.past_key_values
+    cache.batch_repeat_interleave(C)
+    first = model.head(out.last_hidden_state[:, -1]).log_softmax(-1)[0]  # (V,)
+    rest = model.body(inputs_embeds=model.embed(ids[:, :-1]), past_key_values=cache, use_cache=False)
+    logp = model.head(rest.last_hidden_state).log_softmax(-1)  # (C, L-1, V)
+    scores = first[ids[:, 0]]  # (C,)
+    tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (C, L-1)
+    return scores + (tok_lp * mask[:, 1:]).sum(-1)

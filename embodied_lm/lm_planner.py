@@ -1,0 +1,100 @@
+"""Planners backed by a language model: the trained embodied LM, and the zero-shot SayCan baseline."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from embodied_lm.data import present_slots, prompt_text
+from embodied_lm.decode import Trie, grammar_calls, greedy, score_candidates
+from embodied_lm.planners import register_planner
+from embodied_lm.sentence import build_sentence
+from sim.world import COLOR_NAMES, KINDS
+
+
+def _scene_objects(objects: np.ndarray) -> tuple[list[str], list[str]]:
+    slots = present_slots(objects)
+    return [f"obj_{k}" for k in slots], [KINDS[int(objects[k - 1, 1])] for k in slots]
+
+
+def _cameras(env) -> dict[str, dict[str, Any]]:
+    params = env.camera_params()
+    return {cam: {k: np.asarray(v, dtype=np.float64) if k in ("K", "world_from_camera") else v
+                  for k, v in p.items()} for cam, p in params.items()}
+
+
+@register_planner("embodied_lm")
+class EmbodiedLMPlanner:
+    """Closed loop: observe -> sentence (instruction + steps so far + observation tokens) -> next step."""
+
+    def __init__(self, model, constrained: bool = True, seed: int = 0):
+        self.model = model.eval()
+        self.constrained = constrained
+        self.needs_images = model.cfg.sensors != "state"
+        self._tries: dict[tuple, Trie] = {}
+
+    def reset(self, env, obs, info) -> None:
+        self.env, self.history = env, []
+        self.cameras = _cameras(env) if self.needs_images else {}
+
+    @torch.no_grad()
+    def act(self, obs, info) -> str:
+        m = self.model
+        names, kinds = _scene_objects(obs["objects"])
+        prompt = prompt_text(obs["instruction"], self.history, m.kind, present_slots(obs["objects"]))
+        sent = build_sentence(m.tok, prompt, None, kind=m.kind, n_slots=m.n_slots)
+        from sensors import collate
+
+        sensors = collate([m.encoder.preprocess(obs, self.cameras)])
+        embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
+        trie = None
+        if self.constrained:
+            key = (tuple(names), tuple(kinds))
+            if key not in self._tries:
+                self._tries[key] = Trie(m.tok, grammar_calls(names, kinds))
+            trie = self._tries[key]
+        text = greedy(m, embeds, m.tok, trie)
+        self.history.append(text)
+        return text
+
+
+def describe_scene(objects: np.ndarray) -> str:
+    """Text scene for SayCan: each object's colour, kind and position (no relations)."""
+    parts = []
+    for k in present_slots(objects):
+        row = objects[k - 1]
+        parts.append(f"obj_{k} is a {COLOR_NAMES[int(row[2])]} {KINDS[int(row[1])]} at x {row[3]:.2f} "
+                     f"y {row[4]:.2f} z {row[5]:.2f}.")
+    return " ".join(parts)
+
+
+@register_planner("saycan")
+class SayCanPlanner:
+    """PaLM-E's SayCan comparison: the pretrained LM, zero-shot, scores every currently valid skill text by
+    log-likelihood given a text description of the scene; the best one is executed."""
+
+    needs_images = False
+
+    def __init__(self, backbone: str = "smollm2", seed: int = 0):
+        from embodied_lm.backbones import load_backbone
+
+        lm, self.tok = load_backbone(backbone)
+        lm.eval()
+        self.body, self.head, self.embed = lm.model, lm.lm_head, lm.get_input_embeddings()
+
+    def reset(self, env, obs, info) -> None:
+        self.env, self.history = env, []
+
+    @torch.no_grad()
+    def act(self, obs, info) -> str:
+        done = "; ".join(self.history) if self.history else "nothing"
+        prompt = (f"Robot skills: pick, place, push, answer, done.\nScene: {describe_scene(obs['objects'])}\n"
+                  f"Task: {obs['instruction']}\nDone so far: {done}.\nNext:")
+        ids = self.tok(prompt, add_special_tokens=False, return_tensors="pt")["input_ids"]
+        cands = self.env.valid_actions()
+        scores = score_candidates(self, self.embed(ids), self.tok, cands)
+        text = cands[int(torch.argmax(scores))]
+        self.history.append(text)
+        return text

@@ -1,0 +1,99 @@
+"""Multimodal sentences (PaLM-E's prefix injection).
+
+Text carries placeholders — ``<img>`` for image tokens, ``<obj_k>`` for object k's token.  The LM's
+own tokenizer reads the text; each placeholder becomes one position (``<img>``: ``n_image`` positions)
+whose embedding is replaced by an encoder output in ``inject``.  Loss is on answer tokens only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import torch
+
+IGNORE = -100
+_PLACEHOLDER = re.compile(r"<([A-Za-z0-9_]+)>")
+
+
+class SentenceError(ValueError):
+    """A prompt the sentence builder cannot read (e.g. an unknown placeholder)."""
+
+
+@dataclass(frozen=True)
+class Sentence:
+    ids: list[int]  # token ids; placeholder positions hold ``pad_id``
+    slots: list[int]  # per position: -1 for text, else the index of the sensor token placed there
+    n_prompt: int  # positions before the answer
+
+
+def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: int) -> Sentence:
+    """Tokenize ``prompt`` (+ `` answer`` + eos).  ``kind`` "objects": ``<obj_k>`` -> slot k-1 (k <= n_slots);
+    "image": ``<img>`` -> slots 0..n_slots-1.  Anything else in angle brackets is an error."""
+    ids: list[int] = []
+    slots: list[int] = []
+    pos = 0
+    for m in _PLACEHOLDER.finditer(prompt):
+        text = prompt[pos:m.start()]
+        if text:
+            part = tok(text, add_special_tokens=False)["input_ids"]
+            ids += part
+            slots += [-1] * len(part)
+        ids_slots = _placeholder(m.group(1), kind, n_slots, m.start())
+        ids += [tok.pad_token_id] * len(ids_slots)
+        slots += ids_slots
+        pos = m.end()
+    tail = prompt[pos:]
+    if tail:
+        part = tok(tail, add_special_tokens=False)["input_ids"]
+        ids += part
+        slots += [-1] * len(part)
+    n_prompt = len(ids)
+    if answer is not None:
+        part = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        ids += part
+        slots += [-1] * len(part)
+    return Sentence(ids, slots, n_prompt)
+
+
+def _placeholder(name: str, kind: str, n_slots: int, at: int) -> list[int]:
+    if name == "img" and kind == "image":
+        return list(range(n_slots))
+    m = re.fullmatch(r"obj_([1-9][0-9]*)", name)
+    if m and kind == "objects":
+        k = int(m.group(1))
+        if k > n_slots:
+            raise SentenceError(f"placeholder <{name}> at char {at}: only {n_slots} object slots")
+        return [k - 1]
+    known = "<img>" if kind == "image" else "<obj_k>"
+    raise SentenceError(f"unknown placeholder <{name}> at char {at} (this encoder fills {known})")
+
+
+def collate(sentences: list[Sentence], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch: ids, slots, attention_mask, labels (IGNORE on prompt, slots and padding)."""
+    T = max(len(s.ids) for s in sentences)
+    B = len(sentences)
+    ids = torch.full((B, T), pad_id, dtype=torch.long)
+    slots = torch.full((B, T), -1, dtype=torch.long)
+    attn = torch.zeros((B, T), dtype=torch.long)
+    labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    for i, s in enumerate(sentences):
+        n = len(s.ids)
+        ids[i, :n] = torch.tensor(s.ids)
+        slots[i, :n] = torch.tensor(s.slots)
+        attn[i, :n] = 1
+        labels[i, s.n_prompt:n] = torch.tensor(s.ids[s.n_prompt:])
+    return {"ids": ids, "slots": slots, "attention_mask": attn, "labels": labels}
+
+
+def inject(embeds: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+    """Replace placeholder positions by sensor tokens.
+
+    embeds (B, T, D) text embeddings; slots (B, T) long, -1 = keep; tokens (B, S, D) sensor tokens.
+    Returns (B, T, D) with ``out[b, t] = tokens[b, slots[b, t]]`` wherever ``slots[b, t] >= 0``.
+    """
+    if tokens.shape[0] != embeds.shape[0] or tokens.shape[-1] != embeds.shape[-1]:
+        raise SentenceError(f"sensor tokens {tuple(tokens.shape)} do not fit embeddings {tuple(embeds.shape)}")
+    idx = slots.clamp(min=0).unsqueeze(-1).expand(-1, -1, embeds.shape[-1])  # (B, T, D)
+    picked = tokens.gather(1, idx)  # (B, T, D)
+    return torch.where((slots >= 0).unsqueeze(-1), picked.to(embeds.dtype), embeds)

@@ -1,0 +1,162 @@
+"""Training: AdamW with linear warm-up and cosine decay over mixed batches of every task family;
+checkpoints that resume exactly and refuse a mismatched config.
+
+A checkpoint directory holds ``model.safetensors`` (the parameters that train in this mode),
+``optimizer.pt``, ``state.json`` (step, sampler RNG state, loss history) and ``config.json`` (the
+resolved model + train config).  It is written to ``<dir>.tmp`` and renamed, so a killed run never
+leaves a checkpoint that looks valid.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm import tqdm
+
+from embodied_lm.data import Example
+from embodied_lm.model import EmbodiedLM, ModelConfig
+from embodied_lm.sentence import collate
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, incomplete or made for another config."""
+
+
+@dataclass
+class TrainConfig:
+    steps: int = 600
+    batch_size: int = 8
+    lr: float = 1e-3  # LoRA / full LM parameters
+    sensor_lr: float = 1e-3  # encoder + projector
+    warmup: int = 30
+    weight_decay: float = 0.0
+    seed: int = 0
+    checkpoint_every: int = 200
+
+    def __post_init__(self) -> None:
+        for k in ("steps", "batch_size", "checkpoint_every"):
+            if getattr(self, k) < 1:
+                raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
+            raise ValueError("train.lr and train.sensor_lr must be in (0, 1)")
+
+
+def make_batch(examples: list[Example], idx: np.ndarray, pad_id: int) -> dict:
+    from sensors import collate as collate_sensors
+
+    batch = collate([examples[i].sentence for i in idx], pad_id)
+    batch["sensors"] = collate_sensors([examples[i].sensors for i in idx])
+    return batch
+
+
+def _optimizer(model: EmbodiedLM, cfg: TrainConfig) -> torch.optim.Optimizer:
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    sensor = [p for n, p in named if n.startswith(("encoder.", "projector."))]
+    lm = [p for n, p in named if not n.startswith(("encoder.", "projector."))]
+    groups = [{"params": sensor, "lr": cfg.sensor_lr}] + ([{"params": lm, "lr": cfg.lr}] if lm else [])
+    return torch.optim.AdamW(groups, weight_decay=cfg.weight_decay)
+
+
+def _lr_scale(step: int, cfg: TrainConfig) -> float:
+    if step < cfg.warmup:
+        return (step + 1) / cfg.warmup
+    t = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
+
+
+def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir: str | Path,
+          resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
+    """Train for ``cfg.steps`` (or until ``stop_after`` steps, for tests); returns the training state."""
+    if not examples:
+        raise ValueError("no training examples (is the dataset empty or were all episodes failures?)")
+    out_dir = Path(out_dir)
+    opt = _optimizer(model, cfg)
+    rng = np.random.default_rng(cfg.seed)
+    state = {"step": 0, "losses": [], "tokens": 0, "train_s": 0.0}
+    if resume is not None:
+        state = load_checkpoint(model, resume, opt)
+        rng.bit_generator.state = state.pop("rng")
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    model.train()
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    t0 = time.perf_counter() - state["train_s"]
+    while state["step"] < cfg.steps:
+        idx = rng.integers(len(examples), size=cfg.batch_size)
+        batch = make_batch(examples, idx, model.tok.pad_token_id)
+        for g, lr in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr * _lr_scale(state["step"], cfg)
+        loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        opt.step()
+        state["step"] += 1
+        state["losses"].append(round(loss.item(), 5))
+        state["tokens"] += int(batch["attention_mask"].sum())
+        state["train_s"] = time.perf_counter() - t0
+        bar.update(1)
+        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
+            save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
+        if stop_after is not None and state["step"] >= stop_after:
+            save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
+            break
+    bar.close()
+    model.eval()
+    return state
+
+
+def save_checkpoint(model: EmbodiedLM, opt, cfg: TrainConfig, state: dict, out_dir: Path) -> Path:
+    tmp = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_file({k: v.contiguous() for k, v in model.trainable_state().items()}, tmp / "model.safetensors")
+    torch.save(opt.state_dict(), tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(state))
+    (tmp / "config.json").write_text(json.dumps({"model": asdict(model.cfg), "train": asdict(cfg)}, indent=2))
+    old = out_dir.with_name(out_dir.name + ".old")
+    if out_dir.exists():
+        os.replace(out_dir, old)
+    os.replace(tmp, out_dir)
+    shutil.rmtree(old, ignore_errors=True)
+    return out_dir
+
+
+def read_checkpoint_config(path: str | Path) -> dict:
+    path = Path(path)
+    files = ("model.safetensors", "config.json", "state.json")
+    if not path.is_dir() or not all((path / f).is_file() for f in files):
+        raise CheckpointError(f"{path}: not a checkpoint (needs {', '.join(files)})")
+    return json.loads((path / "config.json").read_text())
+
+
+def load_checkpoint(model: EmbodiedLM, path: str | Path, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Load weights (and optimizer) into ``model``; refuses a checkpoint made for another model config."""
+    path = Path(path)
+    saved = read_checkpoint_config(path)["model"]
+    mine = asdict(model.cfg)
+    diff = [f"{k}: checkpoint {saved.get(k)!r} vs config {mine[k]!r}" for k in mine if saved.get(k) != mine[k]]
+    if diff:
+        raise CheckpointError(f"{path}: made for another model config ({'; '.join(diff)})")
+    weights = load_file(path / "model.safetensors")
+    expected = model.trainable_state()
+    if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):
+        raise CheckpointError(f"{path}: parameter names/shapes do not match this model")
+    model.load_state_dict(weights, strict=False)
+    if opt is not None and (path / "optimizer.pt").is_file():
+        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+    return json.loads((path / "state.json").read_text())
+
+
+def model_config_from_checkpoint(path: str | Path) -> ModelConfig:
+    return ModelConfig(**read_checkpoint_config(path)["model"])

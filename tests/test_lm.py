@@ -1,0 +1,164 @@
+"""The embodied LM on the tiny backbone: exact injection, constrained decoding, checkpoints, resume."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from embodied_lm.decode import Trie, grammar_calls, greedy
+from embodied_lm.model import EmbodiedLM, ModelConfig
+from embodied_lm.sentence import IGNORE, SentenceError, build_sentence, collate, inject
+from skills import parse
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    return EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
+
+
+def test_injection_places_sensor_tokens_exactly_and_masks_labels(tiny):
+    tok = tiny.tok
+    s = build_sentence(tok, "Obj 1 is <obj_1>. Obj 3 is <obj_3>.\nTask: stack.\nNext:", "pick obj_3",
+                       kind="objects", n_slots=16)
+    batch = collate([s], tok.pad_token_id)
+    slots = batch["slots"][0]
+    assert (slots >= 0).sum() == 2 and sorted(slots[slots >= 0].tolist()) == [0, 2]
+    emb = tiny.embed(batch["ids"])  # (1, T, D)
+    sensor = torch.randn(1, 16, emb.shape[-1])
+    out = inject(emb, batch["slots"], sensor)
+    for t in range(out.shape[1]):
+        k = int(slots[t])
+        want = sensor[0, k] if k >= 0 else emb[0, t]
+        assert torch.equal(out[0, t], want)
+    labels = batch["labels"][0]
+    assert (labels[: s.n_prompt] == IGNORE).all() and (labels[slots >= 0] == IGNORE).all()
+    answer = tok.decode(labels[labels != IGNORE].tolist())
+    assert answer.strip().startswith("pick obj_3") and labels[-1] == tok.eos_token_id
+
+
+@pytest.mark.parametrize("prompt,why", [("Obj 1 is <obj_1>. <cat>", "unknown placeholder <cat>"),
+                                        ("Scene: <img>.", "unknown placeholder <img>"),
+                                        ("Obj 17 is <obj_17>.", "only 16 object slots")])
+def test_bad_placeholders_are_one_line_errors(tiny, prompt, why):
+    with pytest.raises(SentenceError, match=why) as e:
+        build_sentence(tiny.tok, prompt, None, kind="objects", n_slots=16)
+    assert "\n" not in str(e.value)
+
+
+class _RandomLogits:
+    """Stands in for the LM's logits only: the decoder must stay inside the grammar whatever they are."""
+
+    def __init__(self, vocab: int, seed: int):
+        self.g = torch.Generator().manual_seed(seed)
+        self.vocab = vocab
+
+    def body(self, inputs_embeds, **kw):
+        class Out:
+            pass
+
+        o = Out()
+        o.last_hidden_state = torch.zeros(inputs_embeds.shape[0], inputs_embeds.shape[1], 1)
+        o.past_key_values = None
+        return o
+
+    def head(self, h):
+        return torch.randn(*h.shape[:-1], self.vocab, generator=self.g) * 10
+
+    def embed(self, ids):
+        return torch.zeros(*ids.shape, 1)
+
+
+def test_constrained_decoding_never_emits_an_unparsable_step(tiny):
+    rng = np.random.default_rng(0)
+    for trial in range(150):
+        n = int(rng.integers(1, 9))
+        names = [f"obj_{k}" for k in sorted(rng.choice(np.arange(1, 17), size=n, replace=False))]
+        kinds = [["block", "bowl"][int(rng.random() < 0.3)] for _ in names]
+        fake = _RandomLogits(len(tiny.tok), seed=trial)
+        text = greedy(fake, torch.zeros(1, 3, 1), tiny.tok, Trie(tiny.tok, grammar_calls(names, kinds)))
+        call = parse(text)  # raises if unparsable
+        objs = [w for w in str(call).split() if w.startswith("obj_")]
+        assert all(o in names for o in objs), (text, names)
+    # Unconstrained, random logits give garbage: the constraint is what guarantees the grammar.
+    free = greedy(_RandomLogits(len(tiny.tok), 1), torch.zeros(1, 3, 1), tiny.tok, None)
+    with pytest.raises(ValueError):
+        parse(free)
+
+
+def _examples(model, n=12):
+    from embodied_lm.data import Example
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        objects = np.zeros((16, 12), np.float32)
+        objects[:4, 0] = 1
+        objects[:4, 3:6] = rng.uniform(0, 0.5, (4, 3))
+        s = build_sentence(model.tok, "Obj 1 is <obj_1>. Obj 2 is <obj_2>.\nNext:", f"pick obj_{1 + i % 2}",
+                           kind="objects", n_slots=16)
+        out.append(Example(s, model.encoder.preprocess({"objects": objects}, {}), "p1_grasp"))
+    return out
+
+
+def test_save_load_identical_logits_and_exact_resume(tmp_path):
+    from embodied_lm.sentence import collate as collate_text
+    from embodied_lm.train import TrainConfig, load_checkpoint, train
+    from sensors import collate as collate_sensors
+
+    cfg = ModelConfig(backbone="tiny", sensors="state", mode="full")
+    tcfg = TrainConfig(steps=6, batch_size=4, warmup=2, checkpoint_every=100)
+    a = EmbodiedLM(cfg, seed=0)
+    ex = _examples(a)
+    full = train(a, ex, tcfg, tmp_path / "a", progress=False)
+
+    b = EmbodiedLM(cfg, seed=0)
+    train(b, ex, tcfg, tmp_path / "b", progress=False, stop_after=3)
+    c = EmbodiedLM(cfg, seed=1)  # different init: resume must overwrite everything that trains
+    resumed = train(c, ex, tcfg, tmp_path / "c", resume=tmp_path / "b", progress=False)
+    assert resumed["losses"] == full["losses"]
+
+    d = EmbodiedLM(cfg, seed=5)
+    load_checkpoint(d, tmp_path / "a")
+    batch = collate_text([e.sentence for e in ex[:3]], a.tok.pad_token_id)
+    sensors = collate_sensors([e.sensors for e in ex[:3]])
+    def logits(m):
+        x = m.embed_sentence(batch["ids"], batch["slots"], sensors)  # (B, T, D)
+        return m.head(m.body(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state)
+
+    with torch.no_grad():
+        assert torch.equal(logits(a), logits(d))
+
+
+def test_checkpoint_from_another_config_is_refused(tmp_path):
+    from embodied_lm.train import CheckpointError, TrainConfig, load_checkpoint, train
+
+    a = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
+    train(a, _examples(a, 4), TrainConfig(steps=1, batch_size=2, warmup=1), tmp_path / "ck", progress=False)
+    other = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", projector="linear"), seed=0)
+    with pytest.raises(CheckpointError, match="projector: checkpoint 'mlp' vs config 'linear'") as e:
+        load_checkpoint(other, tmp_path / "ck")
+    assert "\n" not in str(e.value)
+    with pytest.raises(CheckpointError, match="not a checkpoint"):
+        load_checkpoint(other, tmp_path)
+
+
+def test_smoke_preset_end_to_end(tmp_path):
+    out = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "preset=smoke",
+                          f"hydra.run.dir={tmp_path}", "eval.progress=false"],
+                         capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["planner"] == "embodied_lm" and res["summary"]["episodes"] == 2
+    assert res["timing"]["train_s"] > 0 and res["timing"]["collect_s"] > 0
+    assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "preset=smoke", "stage=train",
+                          f"dataset={tmp_path / 'checkpoint'}", f"hydra.run.dir={tmp_path / 'b'}"],
+                         capture_output=True, text=True, timeout=300, cwd=ROOT)
+    err = bad.stderr.strip().splitlines()
+    assert bad.returncode == 2 and len(err) == 1 and err[0].startswith("error:"), bad.stderr
