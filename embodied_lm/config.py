@@ -46,10 +46,10 @@ class PlannerConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        from embodied_lm.planners import PLANNERS
+        from embodied_lm.planners import planner_names
 
-        if self.name not in PLANNERS:
-            raise ConfigError(f"planner.name: unknown {self.name!r}; known: {', '.join(sorted(PLANNERS))}")
+        if self.name not in planner_names():
+            raise ConfigError(f"planner.name: unknown {self.name!r}; known: {', '.join(planner_names())}")
 
 
 @dataclass
@@ -133,6 +133,23 @@ class TrainSettings:
 
 
 @dataclass
+class RayConfig:
+    num_workers: int = 0  # 0 = serial in this process; N = N Ray actors, each with its own PyBullet world
+    address: str | None = None  # None = a private local Ray; "auto" / "host:6379" = join a cluster
+    max_retries: int = 3  # re-runs of an episode whose worker died
+    gpus_per_worker: float = 0.0
+    episode_timeout_s: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 0 or self.max_retries < 0 or self.gpus_per_worker < 0:
+            raise ConfigError("ray.num_workers, ray.max_retries and ray.gpus_per_worker must be >= 0")
+
+    @property
+    def enabled(self) -> bool:
+        return self.num_workers > 0 or self.address is not None
+
+
+@dataclass
 class DecodeConfig:
     constrained: bool = True  # grammar-constrained decoding of every step
 
@@ -147,6 +164,7 @@ class RunConfig:
     collect: CollectConfig = field(default_factory=CollectConfig)
     train: TrainSettings = field(default_factory=TrainSettings)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
+    ray: RayConfig = field(default_factory=RayConfig)
     stage: str = "all"  # all | collect | train | eval
     dataset: str | None = None  # zarr store of demonstrations (default: <run dir>/demos.zarr)
     checkpoint: str | None = None  # checkpoint directory (default: <run dir>/checkpoint)

@@ -29,7 +29,11 @@ def _cameras(env) -> dict[str, dict[str, Any]]:
 class EmbodiedLMPlanner:
     """Closed loop: observe -> sentence (instruction + steps so far + observation tokens) -> next step."""
 
-    def __init__(self, model, constrained: bool = True, seed: int = 0):
+    def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0):
+        if model is None:  # Ray workers get a checkpoint path, not a pickled model
+            from embodied_lm.train import load_trained
+
+            model = load_trained(checkpoint, seed=seed)
         self.model = model.eval()
         self.constrained = constrained
         self.needs_images = model.cfg.sensors != "state"

@@ -19,15 +19,37 @@ from embodied_lm.planners import make_planner
 from embodied_lm.results import build_results, format_table, plot_results, versions, write_results
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import EpisodeSpec, generate_specs, load_specs
-from sim.world import WorldConfig
+from sim.world import World, WorldConfig
+
+
+def make_env_config(cfg: RunConfig, observe_images: bool) -> EnvConfig:
+    w = cfg.task.world
+    world = WorldConfig(image_size=tuple(w.image_size), cameras=tuple(w.cameras), renderer=w.renderer)
+    return EnvConfig(families=tuple(cfg.task.families) or None, world=world, skills=dict(cfg.task.skills),
+                     observe_images=observe_images)
 
 
 def make_env(cfg: RunConfig, observe_images: bool) -> TabletopEnv:
-    w = cfg.task.world
-    world = WorldConfig(image_size=tuple(w.image_size), cameras=tuple(w.cameras), renderer=w.renderer)
-    families = tuple(cfg.task.families) or None
-    return TabletopEnv(EnvConfig(families=families, world=world, skills=dict(cfg.task.skills),
-                                 observe_images=observe_images))
+    return TabletopEnv(make_env_config(cfg, observe_images))
+
+
+def rollouts(cfg: RunConfig, specs, planner_name: str, planner_kwargs: dict, observe_images: bool, recorder):
+    """Run ``specs`` serially here, or on Ray actors (``ray.num_workers`` / ``ray.address``).
+    Returns (rows in spec order, Ray stats or None)."""
+    if cfg.ray.enabled:
+        from embodied_lm.distributed import run_parallel
+
+        return run_parallel(specs, planner_name, planner_kwargs, make_env_config(cfg, observe_images),
+                            num_workers=cfg.ray.num_workers or None, address=cfg.ray.address, recorder=recorder,
+                            progress=cfg.eval.progress, max_retries=cfg.ray.max_retries,
+                            num_gpus_per_worker=cfg.ray.gpus_per_worker,
+                            episode_timeout_s=cfg.ray.episode_timeout_s)
+    env = make_env(cfg, observe_images)
+    try:
+        return evaluate(env, make_planner(planner_name, **planner_kwargs), specs, recorder,
+                        progress=cfg.eval.progress), None
+    finally:
+        env.close()
 
 
 def eval_specs(cfg: RunConfig) -> list[EpisodeSpec]:
@@ -38,14 +60,14 @@ def eval_specs(cfg: RunConfig) -> list[EpisodeSpec]:
     return generate_specs(families, cfg.eval.levels, cfg.eval.episodes, cfg.seed, cfg.eval.split)
 
 
-def store_attrs(env: TabletopEnv, cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "versions": versions(),
-        "cameras": env.camera_params(),
-        "renderer": env.config.world.renderer,
-        "time_step": env.config.world.time_step,
-        "env_config": cfg_dict,
-    }
+def store_attrs(cfg: RunConfig, cfg_dict: dict[str, Any]) -> dict[str, Any]:
+    world = World(make_env_config(cfg, False).world)  # camera parameters without a full env
+    try:
+        cameras = {cam: world.camera_params(cam) for cam in world.config.cameras}
+    finally:
+        world.close()
+    return {"versions": versions(), "cameras": cameras, "renderer": world.config.renderer,
+            "time_step": world.config.time_step, "env_config": cfg_dict}
 
 
 def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
@@ -53,11 +75,9 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     from embodied_lm.datasets import ReplayWriter
 
     specs = generate_specs(cfg.collect.families, cfg.collect.levels, cfg.collect.episodes, cfg.seed, "train")
-    env = make_env(cfg, observe_images=True)
     t0 = time.perf_counter()
-    with ReplayWriter(path, attrs=store_attrs(env, cfg_dict)) as writer:
-        rows = evaluate(env, make_planner("oracle"), specs, writer, progress=cfg.eval.progress)
-    env.close()
+    with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict)) as writer:
+        rows, _ = rollouts(cfg, specs, "oracle", {}, True, writer)
     ok = sum(r.success for r in rows)
     print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
     return time.perf_counter() - t0
@@ -89,49 +109,47 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
     return model, state
 
 
-def load_model(cfg: RunConfig, checkpoint: Path):
-    """The model a checkpoint was trained as (its config wins over sensors/backbone overrides)."""
-    from embodied_lm.model import EmbodiedLM
-    from embodied_lm.train import load_checkpoint, model_config_from_checkpoint
-
-    model = EmbodiedLM(model_config_from_checkpoint(checkpoint), seed=cfg.seed)
-    load_checkpoint(model, checkpoint)
-    return model.eval()
-
-
 def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, model=None,
                timing: dict[str, float] | None = None) -> Path:
     specs = eval_specs(cfg)  # validated before anything runs
     name = cfg.planner.name
     if name == "embodied_lm":
-        if model is None:
-            model = load_model(cfg, _checkpoint(cfg, run_dir, must_exist=True))
-        planner = make_planner(name, model=model, constrained=cfg.decode.constrained)
+        from embodied_lm.train import load_trained
+
+        checkpoint = _checkpoint(cfg, run_dir, must_exist=model is None or cfg.ray.enabled)
+        if cfg.ray.enabled:  # workers load the checkpoint themselves
+            kwargs = {"checkpoint": str(checkpoint), "constrained": cfg.decode.constrained}
+        else:
+            kwargs = {"model": model if model is not None else load_trained(checkpoint, seed=cfg.seed),
+                      "constrained": cfg.decode.constrained}
+        needs_images = cfg.sensors.name != "state" if model is None else model.cfg.sensors != "state"
     elif name == "saycan":
-        planner = make_planner(name, backbone=cfg.backbone.name)
+        kwargs, needs_images = {"backbone": cfg.backbone.name}, False
     else:
-        planner = make_planner(name, seed=cfg.planner.seed)
-    env = make_env(cfg, observe_images=planner.needs_images or bool(cfg.record))
+        kwargs, needs_images = {"seed": cfg.planner.seed}, False
     with contextlib.ExitStack() as stack:
         recorder = None
         if cfg.record:
             from embodied_lm.datasets import ReplayWriter
 
-            recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=store_attrs(env, cfg_dict)))
+            recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=store_attrs(cfg, cfg_dict)))
         t0 = time.perf_counter()
-        rows = evaluate(env, planner, specs, recorder, progress=cfg.eval.progress)
+        rows, ray_stats = rollouts(cfg, specs, name, kwargs, needs_images or bool(cfg.record), recorder)
         eval_s = time.perf_counter() - t0
-    env.close()
     n_steps = sum(r.steps for r in rows)
     timing = {"collect_s": 0.0, "train_s": 0.0, **(timing or {}), "eval_s": round(eval_s, 2),
               "planner_ms_per_step": round(sum(r.planner_ms * r.steps for r in rows) / max(n_steps, 1), 3),
               "sim_steps_per_s": round(sum(r.physics_steps for r in rows) / max(eval_s, 1e-9), 1)}
     results = build_results(cfg.task.name, name, cfg_dict, rows, timing)
+    if ray_stats is not None:
+        keys = ("workers", "nodes", "retries", "retried_specs", "worker_deaths", "startup_s", "wall_s")
+        results["ray"] = {k: ray_stats[k] for k in keys if k in ray_stats}
     path = write_results(run_dir, results, rows)
     plot_results({name: results}, run_dir / "success.png")
     print(format_table(results["families"]))
+    retries = f"; {ray_stats['retries']} episode retries on Ray" if ray_stats else ""
     print(f"summary: {name} success {results['summary']['success_rate']:.1%} over {len(rows)} episodes "
-          f"in {eval_s:.0f} s" + (f"; recorded to {cfg.record}" if cfg.record else ""))
+          f"in {eval_s:.0f} s" + (f"; recorded to {cfg.record}" if cfg.record else "") + retries)
     return path
 
 

@@ -37,7 +37,19 @@ def register_planner(name: str) -> Callable[[type], type]:
     return wrap
 
 
+def planner_names() -> list[str]:
+    _load_lm_planners()
+    return sorted(PLANNERS)
+
+
+def _load_lm_planners() -> None:
+    """The LM planners import torch and transformers: load them only when asked for (keeps workers light)."""
+    from embodied_lm import lm_planner  # noqa: F401  (registers embodied_lm and saycan)
+
+
 def make_planner(name: str, **kwargs: Any) -> Planner:
+    if name not in PLANNERS:
+        _load_lm_planners()
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; known: {', '.join(sorted(PLANNERS))}")
     return PLANNERS[name](**kwargs)
@@ -66,15 +78,15 @@ class RandomPlanner:
     needs_images = False
 
     def __init__(self, seed: int = 0):
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
         self.env: TabletopEnv | None = None
 
     def reset(self, env, obs, info) -> None:
         self.env = env
+        # Per-episode stream: the same spec gives the same episode however episodes are scheduled.
+        self.rng = np.random.default_rng([self.seed, int(info["spec"]["seed"])])
 
     def act(self, obs, info) -> str:
         options = self.env.valid_actions()
         return options[int(self.rng.integers(len(options)))]
-
-
-from embodied_lm import lm_planner  # noqa: E402,F401  (registers embodied_lm and saycan)

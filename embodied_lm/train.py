@@ -105,7 +105,11 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
         state["tokens"] += int(batch["attention_mask"].sum())
         state["train_s"] = time.perf_counter() - t0
         bar.update(1)
-        bar.set_postfix(loss=f"{float(loss):.3f}", refresh=False)
+        bar.set_postfix(loss=f"{state['losses'][-1]:.3f}", refresh=False)
+        if not progress and state["step"] % 25 == 0:  # logs without a progress bar still show progress
+            recent = np.mean(state["losses"][-25:])
+            print(f"train step {state['step']}/{cfg.steps} loss {recent:.3f} "
+                  f"{state['tokens'] / state['train_s']:.0f} tokens/s", flush=True)
         if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
             save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
         if stop_after is not None and state["step"] >= stop_after:
@@ -160,3 +164,10 @@ def load_checkpoint(model: EmbodiedLM, path: str | Path, opt: torch.optim.Optimi
 
 def model_config_from_checkpoint(path: str | Path) -> ModelConfig:
     return ModelConfig(**read_checkpoint_config(path)["model"])
+
+
+def load_trained(path: str | Path, seed: int = 0) -> EmbodiedLM:
+    """The model a checkpoint was trained as, with its weights."""
+    model = EmbodiedLM(model_config_from_checkpoint(path), seed=seed)
+    load_checkpoint(model, path)
+    return model.eval()
