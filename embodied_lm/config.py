@@ -54,7 +54,7 @@ class PlannerConfig:
 
 @dataclass
 class EvalConfig:
-    episodes: int = 20  # per family and level
+    episodes: int = 10  # per family and level
     levels: list[str] = field(default_factory=lambda: ["L1", "L2", "L3", "L4"])
     families: list[str] | None = None  # None = task.families
     spec: str | None = None  # a JSONL spec file replaces generated specs
@@ -98,7 +98,7 @@ class BackboneConfig:
 
 @dataclass
 class CollectConfig:
-    episodes: int = 60  # oracle demonstrations per family (train seeds, L1)
+    episodes: int = 30  # oracle demonstrations per family (train seeds, L1)
     families: list[str] = field(default_factory=lambda: list(TAMP_FAMILIES))
     levels: list[str] = field(default_factory=lambda: ["L1"])
 
@@ -115,7 +115,7 @@ class CollectConfig:
 @dataclass
 class TrainSettings:
     mode: str = "lora"  # frozen | lora | full
-    steps: int = 600
+    steps: int = 150
     batch_size: int = 8
     lr: float = 1e-3
     sensor_lr: float = 1e-3
@@ -165,15 +165,30 @@ class RunConfig:
     train: TrainSettings = field(default_factory=TrainSettings)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+    # conf/embodiment/{sim,ros}.yaml: kind + (for ros) the keys of embodied_lm.ros.RosConfig
+    embodiment: dict[str, Any] = field(default_factory=lambda: {"kind": "sim"})
     stage: str = "all"  # all | collect | train | eval
     dataset: str | None = None  # zarr store of demonstrations (default: <run dir>/demos.zarr)
     checkpoint: str | None = None  # checkpoint directory (default: <run dir>/checkpoint)
     seed: int = 0
     record: str | None = None  # zarr store to append every evaluated episode to
+    threads: int | None = None  # torch threads; None = the cores this process may use
 
     def __post_init__(self) -> None:
         if self.stage not in ("all", "collect", "train", "eval"):
             raise ConfigError(f"stage must be all, collect, train or eval, got {self.stage!r}")
+        kind = self.embodiment.get("kind", "sim")
+        if kind == "ros":
+            from embodied_lm.ros import RosConfig
+
+            try:
+                RosConfig.from_dict(self.embodiment)
+            except (TypeError, ValueError) as e:
+                raise ConfigError(f"embodiment: {e}") from None
+            if self.ray.enabled:
+                raise ConfigError("embodiment=ros drives one robot: it cannot run on Ray workers (ray.enabled)")
+        elif kind != "sim" or set(self.embodiment) - {"kind"}:
+            raise ConfigError(f"embodiment: kind must be 'sim' (no other keys) or 'ros', got {self.embodiment}")
 
 
 def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:

@@ -29,7 +29,12 @@ def make_env_config(cfg: RunConfig, observe_images: bool) -> EnvConfig:
                      observe_images=observe_images)
 
 
-def make_env(cfg: RunConfig, observe_images: bool) -> TabletopEnv:
+def make_env(cfg: RunConfig, observe_images: bool):
+    """The Embodiment to evaluate on: the sim, or a robot over ROS (``embodiment=ros``)."""
+    if cfg.embodiment.get("kind", "sim") == "ros":
+        from embodied_lm.ros import RosConfig, RosEmbodiment
+
+        return RosEmbodiment(RosConfig.from_dict(cfg.embodiment))
     return TabletopEnv(make_env_config(cfg, observe_images))
 
 
@@ -173,6 +178,11 @@ def _checkpoint(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path
 
 def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path | None:
     """Entry point behind experiments/run.py; returns the results.json path (None for collect/train only)."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(cfg.threads or len(os.sched_getaffinity(0)))
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lm = cfg.planner.name == "embodied_lm"

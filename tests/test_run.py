@@ -44,7 +44,7 @@ def test_bad_values_are_config_errors():
             cfg = compose(config_name="config", overrides=[override])
             with pytest.raises(ConfigError, match=why.replace(".", r"\.")):
                 load_run_config(cfg)
-    assert load_run_config(base).eval.episodes == 20
+    assert load_run_config(base).eval.episodes == 10
 
 
 def test_oracle_eval_writes_results(tmp_path):

@@ -1,0 +1,296 @@
+"""ROS bridge safety rules, message decoding, config validation and perception: pure functions, no network."""
+
+import base64
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+
+from embodied_lm.ros import messages as rm
+from embodied_lm.ros.config import CameraTopics, RosConfig
+from embodied_lm.ros.perception import (
+    PerceivedObject,
+    SlotTracker,
+    color_name,
+    fuse_detections,
+    looks_down,
+    objects_array,
+)
+from embodied_lm.ros.safety import (
+    MotionTarget,
+    Rejected,
+    WorkspaceBox,
+    check_fresh,
+    check_image,
+    check_motion,
+    estop_engaged,
+    header_stamp,
+)
+from sim.ros_endpoint import camera_info_msg, image_msg, matrix_to_quat, pose_msg, ros_header
+from sim.world import COLOR_NAMES, COLORS
+
+BOX = WorkspaceBox((0.25, 0.75), (-0.35, 0.35), (-0.01, 0.40))
+
+
+def _rgb(h=8, w=6, stamp=None, **over):
+    header = ros_header(time.time() if stamp is None else stamp, "cam")
+    msg = image_msg(np.zeros((h, w, 3), np.uint8), "rgb8", header)
+    return msg | over
+
+
+# -- motion ---------------------------------------------------------------------------------------------
+def test_targets_inside_the_box_at_allowed_speed_pass():
+    check_motion([MotionTarget("obj_1", "object", (0.5, 0.0, 0.02))], 0.25, box=BOX, max_speed=0.5)
+    check_motion([], 0.5, box=BOX, max_speed=0.5)  # answer / done: nothing moves
+
+
+@pytest.mark.parametrize("pos", [(0.9, 0.0, 0.02), (0.5, -0.5, 0.02), (0.5, 0.0, 0.6), (0.5, 0.0, -0.2),
+                                 (math.nan, 0.0, 0.02), (0.5, math.inf, 0.0)])
+def test_out_of_workspace_target_is_refused(pos):
+    with pytest.raises(Rejected, match="outside the workspace box") as e:
+        check_motion([MotionTarget("obj_3", "object", pos)], 0.25, box=BOX, max_speed=0.5)
+    assert e.value.kind == "out_of_workspace" and "obj_3" in str(e.value)
+
+
+def test_informational_pose_of_the_held_block_is_not_a_motion_target():
+    held = MotionTarget("obj_2", "held", (0.22, 0.0, 0.34), moves=False)  # tucked-in home pose, outside the box
+    check_motion([held, MotionTarget("goal", "goal", (0.5, 0.1, 0.02))], 0.25, box=BOX, max_speed=0.5)
+
+
+@pytest.mark.parametrize("speed", [0.51, 2.0, 0.0, -0.1, math.nan, math.inf])
+def test_over_speed_is_refused(speed):
+    with pytest.raises(Rejected) as e:
+        check_motion([MotionTarget("obj_1", "object", (0.5, 0.0, 0.02))], speed, box=BOX, max_speed=0.5)
+    assert e.value.kind == "over_speed"
+
+
+# -- freshness, headers -----------------------------------------------------------------------------
+def test_stale_and_future_stamps_are_refused():
+    now = 1000.0
+    check_fresh(999.5, now, 1.0)
+    with pytest.raises(Rejected, match=r"2\.000 s old") as e:
+        check_fresh(998.0, now, 1.0, where="rgb_top")
+    assert e.value.kind == "stale" and "rgb_top" in str(e.value)
+    with pytest.raises(Rejected, match="future"):
+        check_fresh(1003.0, now, 1.0)
+
+
+def test_header_stamps_in_ros1_and_ros2_spelling():
+    assert header_stamp({"header": {"stamp": {"sec": 5, "nanosec": 500_000_000}}}) == 5.5
+    assert header_stamp({"header": {"seq": 3, "stamp": {"secs": 5, "nsecs": 250_000_000}}}) == 5.25
+    for bad in [{}, {"header": {}}, {"header": {"stamp": {"sec": "5", "nanosec": 0}}},
+                {"header": {"stamp": {"sec": 5, "nanosec": 2_000_000_000}}}, "text"]:
+        with pytest.raises(Rejected) as e:
+            header_stamp(bad)
+        assert e.value.kind == "malformed"
+
+
+# -- images ---------------------------------------------------------------------------------------------
+def test_valid_images_decode_exactly():
+    rgb = np.random.default_rng(0).integers(0, 255, (8, 6, 3), dtype=np.uint8)
+    depth = np.random.default_rng(1).uniform(0.3, 2.0, (8, 6)).astype(np.float32)
+    t = time.time()
+    img, stamp = rm.read_image(image_msg(rgb, "rgb8", ros_header(t, "cam")), rm.RGB_ENCODINGS, (8, 6))
+    assert np.array_equal(img, rgb) and abs(stamp - t) < 1e-6
+    d, _ = rm.read_image(image_msg(depth, "32FC1", ros_header(t, "cam", ros_version=1)), rm.DEPTH_ENCODINGS, None)
+    assert d.dtype == np.float32 and np.array_equal(d, depth)
+    mm = (depth * 1000).astype("<u2")
+    msg16 = {"header": ros_header(t, "cam"), "height": 8, "width": 6, "encoding": "16UC1", "is_bigendian": 0,
+             "step": 12, "data": base64.b64encode(mm.tobytes()).decode()}
+    d16, _ = rm.read_image(msg16, rm.DEPTH_ENCODINGS, None)
+    assert np.allclose(d16, depth, atol=1e-3)
+    as_list = _rgb() | {"data": list(np.zeros(8 * 6 * 3, np.uint8).tolist())}  # a JSON list of bytes is fine too
+    assert rm.read_image(as_list, rm.RGB_ENCODINGS, None)[0].shape == (8, 6, 3)
+
+
+@pytest.mark.parametrize("encoding", ["bgr8", "mono8", "rgba8", "jpeg"])
+def test_wrong_image_encoding_is_refused(encoding):
+    with pytest.raises(Rejected) as e:
+        check_image(_rgb(encoding=encoding), rm.RGB_ENCODINGS)
+    assert e.value.kind == "encoding"
+
+
+@pytest.mark.parametrize("over,expected_hw,why", [
+    ({}, (16, 6), "camera is 6x16"),                                 # CameraInfo says another size
+    ({"height": 9}, None, "data bytes"),                             # header size vs data length
+    ({"step": 20}, None, "step 20"),                                 # padded rows
+    ({"width": 0}, None, "empty image"),
+    ({"data": base64.b64encode(b"\0" * 10).decode()}, None, "data bytes"),
+])
+def test_wrong_image_size_is_refused(over, expected_hw, why):
+    with pytest.raises(Rejected, match=why) as e:
+        check_image(_rgb() | over, rm.RGB_ENCODINGS, expected_hw=expected_hw)
+    assert e.value.kind == "size"
+
+
+@pytest.mark.parametrize("msg", [
+    "not a message", {}, _rgb() | {"height": "8"}, _rgb() | {"data": 42}, _rgb() | {"encoding": None},
+    {k: v for k, v in _rgb().items() if k != "data"}, _rgb() | {"header": {"stamp": {}}},
+])
+def test_malformed_image_is_refused(msg):
+    with pytest.raises(Rejected) as e:
+        check_image(msg, rm.RGB_ENCODINGS)
+    assert e.value.kind == "malformed"
+
+
+def test_bad_base64_is_malformed():
+    msg = _rgb() | {"data": "!" * 192}
+    meta = check_image(msg, rm.RGB_ENCODINGS)
+    with pytest.raises(Rejected, match="base64") as e:
+        rm.decode_image(msg, meta)
+    assert e.value.kind == "malformed"
+
+
+# -- other messages -----------------------------------------------------------------------------------
+def test_camera_info_joint_state_and_pose():
+    K = np.array([[100.0, 0, 32], [0, 100.0, 24], [0, 0, 1]])
+    Kr, hw, _ = rm.read_camera_info(camera_info_msg(K, 48, 64, ros_header(1.0, "cam")))
+    assert np.array_equal(Kr, K) and hw == (48, 64)
+    ros1 = camera_info_msg(K, 48, 64, ros_header(1.0, "cam", 1))
+    ros1["K"] = ros1.pop("k")
+    assert np.array_equal(rm.read_camera_info(ros1)[0], K)
+    names = ["a", "b", "c"]
+    js = {"header": ros_header(1.0, ""), "name": ["c", "a", "b"], "position": [3.0, 1.0, 2.0]}
+    q, _ = rm.read_joint_state(js, names)
+    assert q.tolist() == [1.0, 2.0, 3.0]  # reordered by name
+    with pytest.raises(Rejected, match="missing"):
+        rm.read_joint_state({"header": ros_header(1.0, ""), "name": ["a"], "position": [1.0]}, names)
+    R = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
+    T, _ = rm.read_pose_stamped(pose_msg([0.1, 0.2, 0.3], matrix_to_quat(R), ros_header(1.0, "world")))
+    assert np.allclose(T[:3, :3], R) and np.allclose(T[:3, 3], [0.1, 0.2, 0.3])
+    assert np.allclose(rm.matrix_to_quat(R), matrix_to_quat(R))
+    with pytest.raises(Rejected, match="unit quaternion"):
+        rm.read_pose_stamped(pose_msg([0, 0, 0], [0, 0, 0, 2], ros_header(1.0, "world")))
+
+
+def test_results_must_follow_the_contract():
+    ok = {"data": json.dumps({"id": "c1", "success": True, "message": "ok", "stamp": 5.0, "robot_time": 2.0,
+                              "task_success": False, "physics_steps": 10})}
+    out = rm.read_result(ok)
+    assert out.id == "c1" and out.success and out.robot_time == 2.0 and out.extra == {"physics_steps": 10}
+    for data in ["{not json", "[1, 2]", json.dumps({"id": "c1", "success": "yes", "stamp": 1.0}),
+                 json.dumps({"id": "c1", "success": True}), json.dumps({"id": "c1", "success": True, "stamp": 1,
+                                                                        "task_success": 1})]:
+        with pytest.raises(Rejected) as e:
+            rm.read_result({"data": data})
+        assert e.value.kind == "malformed"
+
+
+def test_estop_is_fail_safe():
+    assert estop_engaged({"data": True})
+    assert not estop_engaged({"data": False})
+    for unreadable in [{}, {"data": "false"}, {"data": 0}, None, "stop"]:
+        assert estop_engaged(unreadable)  # anything but a clean false keeps the robot stopped
+
+
+# -- config ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("kw,why", [
+    ({"port": 0}, "port"), ({"port": "9090"}, "port"), ({"speed": 0.8, "max_speed": 0.5}, "above max_speed"),
+    ({"command_topic": "skill"}, "command_topic"), ({"stale_after_s": 0}, "stale_after_s"),
+    ({"workspace_x": (0.7, 0.3)}, "workspace_x"), ({"cameras": ()}, "at least one camera"),
+    ({"cameras": (CameraTopics("top"), CameraTopics("top"))}, "unique"), ({"sim_services": "yes"}, "sim_services"),
+    ({"joint_names": ("a", "b")}, "joint_names"), ({"max_steps": 0}, "max_steps"),
+])
+def test_bad_config_values_are_errors_naming_the_key(kw, why):
+    with pytest.raises(ValueError, match=why):
+        RosConfig(**kw)
+
+
+def test_config_from_a_hydra_style_mapping():
+    cfg = RosConfig.from_dict({"kind": "ros", "host": "10.0.0.2", "port": 9091, "workspace_x": [0.2, 0.8],
+                               "cameras": [{"name": "wrist", "rgb_topic": "/wrist/image_rect_color",
+                                            "world_from_camera": np.eye(4).tolist()}]})
+    assert cfg.workspace.x == (0.2, 0.8) and cfg.cameras[0].depth_topic == "/camera/wrist/depth/image_raw"
+    assert cfg.cameras[0].pose_topic == ""  # a fixed calibration replaces the pose topic
+    with pytest.raises(ValueError, match="unknown ROS config key"):
+        RosConfig.from_dict({"hots": "x"})
+    with pytest.raises(ValueError, match="4x4"):
+        CameraTopics("top", world_from_camera=[[1, 0], [0, 1]])
+
+
+# -- perception (pure parts) -----------------------------------------------------------------------------
+def test_colours_are_named_through_shading():
+    for name in COLOR_NAMES:
+        rgb = np.array(COLORS[name][:3])
+        assert color_name(rgb) == name
+        assert color_name(0.6 * rgb) == name  # a side face in shadow (measured ~0.6x in the sim renders)
+
+
+class _Det:  # the fields of sensors.segmentation.Detection that fusion reads
+    def __init__(self, pts, rgb):
+        self.points = np.asarray(pts, np.float32)
+        self.colors = np.tile(np.asarray(rgb, np.float32), (len(self.points), 1))
+        self.centroid = self.points.mean(0)
+        self.extent = self.points.max(0) - self.points.min(0)
+        self.mean_rgb = self.colors.mean(0)
+
+
+def _face(cx, cy, z, n=8, half=0.018):
+    g = np.linspace(-half, half, n)
+    return [(cx + a, cy + b, z) for a in g for b in g]
+
+
+def _side(cx, cy, z0, z1, n=8, half=0.018):
+    return [(cx + 0.02, cy + b, z) for b in np.linspace(-half, half, n) for z in np.linspace(z0, z1, n)]
+
+
+def test_fusion_splits_a_tower_into_coloured_layers_and_finds_supports():
+    top_down = np.eye(4)
+    top_down[:3, :3] = np.diag([1.0, -1.0, -1.0])  # optical axis straight down
+    side = np.eye(4)
+    side[:3, :3] = np.array([[0, 0, -1.0], [1, 0, 0], [0, -1, 0]])  # looking along -x
+    red, blue = np.array(COLORS["red"][:3]), np.array(COLORS["blue"][:3])
+    dets = {"top": [_Det(_face(0.5, 0.1, 0.08), red), _Det(_face(0.4, -0.1, 0.04), blue)],
+            "front": [_Det(_side(0.5, 0.1, 0.041, 0.079) + _side(0.5, 0.1, 0.001, 0.039), red * 0.6)]}
+    lower = dets["front"][0].points[:, 2] < 0.04  # the tower's lower block is green, seen from the side
+
+    dets["front"][0].colors[lower] = np.array(COLORS["green"][:3]) * 0.6
+    objs = fuse_detections(dets, {"top": looks_down(top_down), "front": looks_down(side)})
+    found = sorted((o.color, round(float(o.position[2]), 2)) for o in objs)
+    assert found == [("blue", 0.02), ("green", 0.02), ("red", 0.06)]
+    slots = SlotTracker().update(objs)
+    arr = objects_array(slots)
+    by_color = {COLOR_NAMES[int(r[2])]: r for r in arr if r[0] == 1}
+    green_slot = [k for k, o in slots.items() if o.color == "green"][0]
+    assert by_color["red"][10] == green_slot + 1  # red rests on the green block
+    assert by_color["green"][10] == 0 and by_color["blue"][10] == 0  # on the table
+    assert np.allclose(arr[arr[:, 0] == 1][:, 6:10], [0, 0, 0, 1])  # identity quaternions
+
+
+def test_slot_tracker_keeps_names_and_the_held_block():
+    a = PerceivedObject("block", "red", np.array([0.4, 0.0, 0.02]), 0.04, 0.04)
+    b = PerceivedObject("block", "blue", np.array([0.6, 0.1, 0.02]), 0.04, 0.04)
+    tr = SlotTracker()
+    first = tr.update([b, a])
+    names = {o.color: k for k, o in first.items()}
+    assert names == {"red": 0, "blue": 1}  # first view: ordered by x
+    tr.mark_held(names["red"])  # picked
+    held = tr.update([b], ee_position=np.array([0.22, 0.0, 0.34]))
+    assert held[names["red"]].held and np.allclose(held[names["red"]].position, [0.22, 0.0, 0.335])
+    tr.mark_held(None)  # placed somewhere new: keeps its name
+    moved = PerceivedObject("block", "red", np.array([0.5, -0.2, 0.02]), 0.04, 0.04)
+    again = tr.update([moved, b])
+    assert {o.color: k for k, o in again.items()} == names and not again[names["red"]].held
+
+
+def test_yaml_defaults_and_the_sim_endpoint_agree_with_ros_config():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    from sim.ros_endpoint import JOINT_NAMES, EndpointTopics
+
+    yaml = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "embodiment" / "ros.yaml"
+    cfg = RosConfig.from_dict(OmegaConf.to_container(OmegaConf.load(yaml)))
+    assert cfg == RosConfig()
+    t = EndpointTopics()
+    cam = cfg.cameras[0]
+    assert (cam.rgb_topic, cam.depth_topic, cam.info_topic, cam.pose_topic) == (
+        t.rgb.format(cam="top"), t.depth.format(cam="top"), t.camera_info.format(cam="top"),
+        t.camera_pose.format(cam="top"))
+    assert (cfg.joint_states_topic, cfg.ee_pose_topic, cfg.command_topic, cfg.result_topic, cfg.estop_topic,
+            cfg.reset_service, cfg.oracle_service) == (t.joint_states, t.ee_pose, t.command, t.result, t.estop,
+                                                       t.reset_service, t.oracle_service)
+    assert cfg.joint_names == JOINT_NAMES
