@@ -51,7 +51,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from embodied_lm.datasets.zarr_store import Episode, ReplayReader, ReplayWriter
+from embodied_lm.datasets.zarr_store import Episode, ReplayReader, ReplayWriter, select_episodes
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -112,26 +112,6 @@ PathLike = str | os.PathLike[str]
 
 def _open_reader(store: PathLike | ReplayReader) -> ReplayReader:
     return store if isinstance(store, ReplayReader) else ReplayReader(store)
-
-
-def _select_episodes(n: int, episodes: Sequence[int] | None) -> list[int]:
-    """Validated, normalised (non-negative) episode indices; all when ``episodes`` is None."""
-    if episodes is None:
-        if n == 0:
-            raise ValueError("store has no episodes")
-        return list(range(n))
-    out = []
-    for e in episodes:
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer)):
-            raise ValueError(f"episode index {e!r} is not an int")
-        if not -n <= int(e) < n:
-            raise IndexError(f"episode index {int(e)} out of range for a store with {n} episodes")
-        out.append(int(e) % n)
-    if not out:
-        raise ValueError("no episodes selected")
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate episode indices in {list(episodes)}")
-    return out
 
 
 def _make_temp_dir(out: Path) -> Path:
@@ -488,7 +468,7 @@ def export_lerobot(
     """
     reader = _open_reader(store)
     out = Path(out_dir)
-    selected = _select_episodes(reader.n_episodes, episodes)
+    selected = select_episodes(reader.n_episodes, episodes)
     attrs = reader.attrs
     fps_i = _resolve_fps(fps, attrs)
     if chunks_size < 1 or data_files_size_in_mb <= 0:
@@ -693,7 +673,7 @@ def import_lerobot(root: PathLike, store_path: PathLike, *, episodes: Sequence[i
         raise ValueError(f"{sidecar_path}: unknown format {sidecar.get('format')!r}")
     rows = _read_episodes(root)
     tasks = _read_tasks(root)
-    selected = [rows[i]["episode_index"] for i in _select_episodes(len(rows), episodes)]
+    selected = [rows[i]["episode_index"] for i in select_episodes(len(rows), episodes)]
     rows_by_idx = {r["episode_index"]: r for r in rows}
     if os.path.lexists(out):
         raise FileExistsError(f"{out}: output exists; refusing to overwrite")

@@ -35,7 +35,7 @@ from typing import Any
 
 import numpy as np
 
-from embodied_lm.datasets.zarr_store import ReplayReader
+from embodied_lm.datasets.zarr_store import ReplayReader, select_episodes
 
 __all__ = ["JOINT_NAMES", "export_mcap"]
 
@@ -43,25 +43,6 @@ JOINT_NAMES = [*(f"panda_joint{i}" for i in range(1, 8)), "panda_finger_joint1",
 WORLD_FRAME = "world"
 
 PathLike = str | os.PathLike[str]
-
-
-def _select_episodes(n: int, episodes: Sequence[int] | None) -> list[int]:
-    if episodes is None:
-        if n == 0:
-            raise ValueError("store has no episodes")
-        return list(range(n))
-    out = []
-    for e in episodes:
-        if isinstance(e, bool) or not isinstance(e, (int, np.integer)):
-            raise ValueError(f"episode index {e!r} is not an int")
-        if not -n <= int(e) < n:
-            raise IndexError(f"episode index {int(e)} out of range for a store with {n} episodes")
-        out.append(int(e) % n)
-    if not out:
-        raise ValueError("no episodes selected")
-    if len(set(out)) != len(out):
-        raise ValueError(f"duplicate episode indices in {list(episodes)}")
-    return out
 
 
 @contextlib.contextmanager
@@ -136,7 +117,7 @@ def export_mcap(
 
     reader = store if isinstance(store, ReplayReader) else ReplayReader(store)
     out = Path(out_dir)
-    selected = _select_episodes(reader.n_episodes, episodes)
+    selected = select_episodes(reader.n_episodes, episodes)
     if distro not in Stores.__members__ or not distro.startswith("ROS2"):
         ros2 = [s for s in Stores.__members__ if s.startswith("ROS2")]
         raise ValueError(f"distro {distro!r} is not a ROS 2 typestore; one of {ros2}")

@@ -627,3 +627,23 @@ class StepDataset(torch.utils.data.Dataset):
         item["episode_index"] = ep
         item["step_in_episode"] = t
         return item
+
+
+def select_episodes(n: int, episodes: Sequence[int] | None) -> list[int]:
+    """Validated, normalised (non-negative) episode indices of a store with ``n``; all when None."""
+    if episodes is None:
+        if n == 0:
+            raise ValueError("store has no episodes")
+        return list(range(n))
+    out = []
+    for e in episodes:
+        if isinstance(e, bool) or not isinstance(e, (int, np.integer)):
+            raise ValueError(f"episode index {e!r} is not an int")
+        if not -n <= int(e) < n:
+            raise IndexError(f"episode index {int(e)} out of range for a store with {n} episodes")
+        out.append(int(e) % n)
+    if not out:
+        raise ValueError("no episodes selected")
+    if len(set(out)) != len(out):
+        raise ValueError(f"duplicate episode indices in {list(episodes)}")
+    return out
