@@ -124,8 +124,15 @@ class TrainSettings:
     projector: str = "mlp"
     checkpoint_every: int = 200
     resume: bool = False  # continue from `checkpoint` if it exists
+    backend: str = "local"  # local | ray (Ray Train TorchTrainer, DDP)
+    num_workers: int = 1  # Ray Train workers (train.backend=ray)
+    use_gpu: bool = False  # one GPU per Ray Train worker
 
     def __post_init__(self) -> None:
+        if self.backend not in ("local", "ray"):
+            raise ConfigError(f"train.backend must be local or ray, got {self.backend!r}")
+        if self.num_workers < 1:
+            raise ConfigError("train.num_workers must be >= 1")
         if self.mode not in ("frozen", "lora", "full"):
             raise ConfigError(f"train.mode must be frozen, lora or full, got {self.mode!r}")
         if self.steps < 1 or self.batch_size < 1:

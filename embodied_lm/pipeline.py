@@ -88,28 +88,39 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def build_model(cfg: RunConfig):
-    from embodied_lm.model import EmbodiedLM, ModelConfig
+def model_config(cfg: RunConfig):
+    from embodied_lm.model import ModelConfig
 
-    mcfg = ModelConfig(backbone=cfg.backbone.name, sensors=cfg.sensors.name, encoder=dict(cfg.sensors.encoder),
+    return ModelConfig(backbone=cfg.backbone.name, sensors=cfg.sensors.name, encoder=dict(cfg.sensors.encoder),
                        projector=cfg.train.projector, mode=cfg.train.mode, lora_r=cfg.train.lora_r,
                        lora_alpha=2 * cfg.train.lora_r)
-    return EmbodiedLM(mcfg, seed=cfg.seed)
 
 
 def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, dict]:
-    from embodied_lm.data import examples_from_store
-    from embodied_lm.train import TrainConfig, train
+    from embodied_lm.train import TrainConfig, load_trained, train
 
-    model = build_model(cfg)
-    examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families)
     t = cfg.train
     tcfg = TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, sensor_lr=t.sensor_lr, warmup=t.warmup,
                        seed=cfg.seed, checkpoint_every=t.checkpoint_every)
-    resume = checkpoint if t.resume and checkpoint.exists() else None
-    state = train(model, examples, tcfg, checkpoint, resume=resume, progress=cfg.eval.progress)
+    resume = t.resume and checkpoint.exists()
+    if t.backend == "ray":  # DDP on Ray Train workers; the driver loads the result afterwards
+        from embodied_lm.distributed.train_ray import train_on_ray
+
+        state = train_on_ray(model_config(cfg), tcfg, str(dataset), str(checkpoint), num_workers=t.num_workers,
+                             use_gpu=t.use_gpu, families=cfg.collect.families, resume=resume,
+                             address=cfg.ray.address, progress=cfg.eval.progress)
+        model, n_examples = load_trained(checkpoint, seed=cfg.seed), state["examples"]
+    else:
+        from embodied_lm.data import examples_from_store
+        from embodied_lm.model import EmbodiedLM
+
+        model = EmbodiedLM(model_config(cfg), seed=cfg.seed)
+        examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families)
+        state = train(model, examples, tcfg, checkpoint, resume=checkpoint if resume else None,
+                      progress=cfg.eval.progress)
+        n_examples = len(examples)
     tps = state["tokens"] / max(state["train_s"], 1e-9)
-    print(f"train: {state['step']} steps on {len(examples)} examples, final loss {state['losses'][-1]:.3f}, "
+    print(f"train: {state['step']} steps on {n_examples} examples, final loss {state['losses'][-1]:.3f}, "
           f"{tps:.0f} tokens/s -> {checkpoint}")
     return model, state
 

@@ -82,10 +82,10 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
     opt = _optimizer(model, cfg)
     rng = np.random.default_rng(cfg.seed)
     state = {"step": 0, "losses": [], "tokens": 0, "train_s": 0.0}
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before loading: saved groups carry a scheduled lr
     if resume is not None:
         state = load_checkpoint(model, resume, opt)
         rng.bit_generator.state = state.pop("rng")
-    base_lrs = [g["lr"] for g in opt.param_groups]
     model.train()
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", disable=not progress,
                dynamic_ncols=True)
@@ -158,7 +158,7 @@ def load_checkpoint(model: EmbodiedLM, path: str | Path, opt: torch.optim.Optimi
         raise CheckpointError(f"{path}: parameter names/shapes do not match this model")
     model.load_state_dict(weights, strict=False)
     if opt is not None and (path / "optimizer.pt").is_file():
-        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True))
+        opt.load_state_dict(torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"))
     return json.loads((path / "state.json").read_text())
 
 
