@@ -179,7 +179,7 @@ class RunConfig:
     checkpoint: str | None = None  # checkpoint directory (default: <run dir>/checkpoint)
     seed: int = 0
     record: str | None = None  # zarr store to append every evaluated episode to
-    threads: int | None = None  # torch threads; None = the cores this process may use
+    threads: int | None = None  # torch threads; None = the cores not already busy (pipeline.free_cores)
 
     def __post_init__(self) -> None:
         if self.stage not in ("all", "collect", "train", "eval"):
