@@ -1,6 +1,6 @@
 """Skill library: typed skill calls, their text grammar, and execution through a robot protocol."""
 
-from skills import scripted  # noqa: F401,E402  (registers the scripted skills)
+from skills import learned, scripted  # noqa: F401,E402  (registers the scripted and RL-trained skills)
 from skills.calls import Answer, Done, Pick, Place, Push, SkillCall, SkillParseError, parse
 from skills.library import SkillLibrary, SkillResult, register_skill, registered_skills
 from skills.robot import ObjectInfo, Robot, Workspace
