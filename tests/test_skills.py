@@ -5,7 +5,18 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from sim.world import World
-from skills import Answer, Done, Pick, Place, Push, SkillLibrary, SkillParseError, parse, register_skill
+from skills import (
+    Answer,
+    Done,
+    Pick,
+    Place,
+    Push,
+    SkillLibrary,
+    SkillParseError,
+    parse,
+    register_skill,
+    registered_skills,
+)
 from skills.calls import CORNERS, DIRECTIONS, SIDES
 
 objs = st.integers(1, 16).map(lambda k: f"obj_{k}")
@@ -56,8 +67,9 @@ def test_parse_rejects_with_reason(text, why):
 def test_registry_refuses_duplicates_and_unknown_choices():
     with pytest.raises(ValueError, match="already registered"):
         register_skill("pick", "scripted")(type("Again", (), {}))
-    with pytest.raises(ValueError, match="no skill 'learned' for 'push'"):
-        SkillLibrary({"push": "learned"})
+    with pytest.raises(ValueError, match="no skill 'dreamed' for 'push'"):
+        SkillLibrary({"push": "dreamed"})
+    assert ("push", "learned") in registered_skills()  # the RLlib-trained push is registered by name
 
 
 @pytest.fixture()
