@@ -28,20 +28,6 @@ FAMILIES = ["q1_color", "p1_grasp", "push_to_block", "p2_stack", "q3_on_object",
 STATE_ONLY = EnvConfig(observe_images=False)
 
 
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for every test of the session (init ~3 s, shutdown ~1.5 s)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    if ray.is_initialized():  # someone else's session fixture got there first: share it
-        yield
-        return
-    # address="local": never join a `ray start` cluster that may be running on this host
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 2**20)
-    yield
-    ray.shutdown()
-
-
 @pytest.fixture(scope="module")
 def specs():
     by_family = {s.task: s for s in generate_specs(FAMILIES, ["L1"], episodes=1, seed=11)}

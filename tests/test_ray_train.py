@@ -6,7 +6,6 @@ module, the tiny backbone with LoRA.  Run with ``pytest -m ray tests/test_ray_tr
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -30,20 +29,6 @@ FAMILIES = ["p1_grasp", "q2_on_table"]
 MODEL = ModelConfig(backbone="tiny", sensors="state", mode="lora")
 TRAIN = TrainConfig(steps=8, batch_size=4, warmup=2, checkpoint_every=100)
 TOL = 1e-4  # abs, per logged step (losses are logged rounded to 1e-5); seen: 0.0 for 1 and 2 workers
-
-
-@pytest.fixture(scope="session")
-def ray_session():
-    """One local Ray for every test of the session (init ~3 s, shutdown ~1.5 s)."""
-    os.environ["RAY_USAGE_STATS_ENABLED"] = "0"
-    if ray.is_initialized():  # someone else's session fixture got there first: share it
-        yield
-        return
-    # address="local": never join a `ray start` cluster that may be running on this host
-    ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False,
-             object_store_memory=256 * 2**20)
-    yield
-    ray.shutdown()
 
 
 @pytest.fixture(scope="module")
