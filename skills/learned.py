@@ -220,12 +220,13 @@ class LearnedPush:
             if float(np.linalg.norm(target - xy)) < SUCCESS_TOL:
                 break
             if not self._stroke(robot, call.obj, target, policy):
-                break  # the block left the table top or tipped over
+                break  # the block tipped over
         return self._scripted.done(call, robot, start)
 
     def _stroke(self, robot: Robot, name: str, target: np.ndarray, policy: PushPolicy) -> bool:
-        """Drop the closed gripper behind the block, then let the policy push it to ``target``.
-        False if the block fell over or off the workspace."""
+        """Drop the closed gripper behind the block, then let the policy push it to ``target``.  The stroke
+        ends at the target, when nothing moved for ``stall_steps``, when the block leaves the workspace (the
+        next stroke starts afresh from behind it) or tips over (False)."""
         obj = robot.objects()[name]
         d = target - obj.position[:2]
         u = d / max(float(np.linalg.norm(d)), 1e-9)
@@ -242,8 +243,10 @@ class LearnedPush:
             objs = robot.objects()
             blk = objs[name]
             xy = blk.position[:2]
-            if blk.position[2] > blk.height / 2 + 0.01 or not robot.workspace.contains(xy, -0.03):
+            if blk.position[2] > blk.height / 2 + 0.01:
                 ok = False
+                break
+            if not robot.workspace.contains(xy, -0.03):
                 break
             to_go = target - xy
             dist = float(np.linalg.norm(to_go))

@@ -1,32 +1,17 @@
 """The learned push: its training env (check_env, contract with the robot), the exported policy (loads,
-deterministic, clear errors), its registration, and the oracle planner driving it end to end.
-
-Imports of ``skills.learned`` (and ``sim.push_env``, which imports it) happen inside fixtures: importing it
-registers ``("push", "learned")``.  Until ``SkillLibrary`` imports ``skills.learned`` itself, the
-``learned_skill`` fixture removes that registration again after this module, so tests elsewhere that
-expect only the scripted push see the registry they expect.
-"""
+deterministic, clear errors), its registration, and the oracle planner driving it end to end."""
 
 import json
-import sys
 
 import numpy as np
 import pytest
 
+import skills.learned
+
 
 @pytest.fixture(scope="module")
 def learned_skill():
-    from skills import library
-
-    key = ("push", "learned")
-    had = key in library._REGISTRY
-    import skills.learned as learned
-
-    yield learned
-    if not had:  # leave the registry as this module found it
-        library._REGISTRY.pop(key, None)
-        for mod in ("sim.push_env", "embodied_lm.rl.train_push", "skills.learned"):
-            sys.modules.pop(mod, None)
+    return skills.learned
 
 
 @pytest.fixture(scope="module")
