@@ -83,12 +83,15 @@ TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_g
 class SensorsConfig:
     name: str = "state"  # state | vit | object | pointcloud
     encoder: dict[str, Any] = field(default_factory=dict)  # encoder config fields (dim, camera, ...)
+    relation_loss: float = 0.0  # weight of the fact-word anchor loss (state with tokens_per_object: 4)
 
     def __post_init__(self) -> None:
         from sensors import ENCODERS
 
         if self.name not in ENCODERS:
             raise ConfigError(f"sensors.name: unknown {self.name!r}; known: {', '.join(sorted(ENCODERS))}")
+        if self.relation_loss < 0:
+            raise ConfigError(f"sensors.relation_loss must be >= 0, got {self.relation_loss}")
 
 
 @dataclass
@@ -101,6 +104,7 @@ class CollectConfig:
     episodes: int = 30  # oracle demonstrations per family (train seeds, L1)
     families: list[str] = field(default_factory=lambda: list(TAMP_FAMILIES))
     levels: list[str] = field(default_factory=lambda: ["L1"])
+    images: bool | None = None  # record camera images; None = only when the sensors need them (not `state`)
 
     def __post_init__(self) -> None:
         from sim.tasks import FAMILIES
@@ -121,6 +125,9 @@ class TrainSettings:
     sensor_lr: float = 1e-3
     warmup: int = 30
     lora_r: int = 16
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
+    relation_steps: int = 0  # encoder-only pretraining steps on the relation anchor loss
+    precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU has native bf16) | bf16 | fp32
     projector: str = "mlp"
     checkpoint_every: int = 200
     resume: bool = False  # continue from `checkpoint` if it exists
@@ -137,6 +144,10 @@ class TrainSettings:
             raise ConfigError(f"train.mode must be frozen, lora or full, got {self.mode!r}")
         if self.steps < 1 or self.batch_size < 1:
             raise ConfigError("train.steps and train.batch_size must be >= 1")
+        if self.precision not in ("auto", "bf16", "fp32"):
+            raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.relation_steps < 0:
+            raise ConfigError(f"train.relation_steps must be >= 0, got {self.relation_steps}")
 
 
 @dataclass

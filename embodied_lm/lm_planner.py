@@ -9,8 +9,8 @@ import torch
 
 from embodied_lm.data import present_slots, prompt_text
 from embodied_lm.decode import Trie, grammar_calls, greedy, score_candidates
+from embodied_lm.model import autocast
 from embodied_lm.planners import register_planner
-from embodied_lm.sentence import build_sentence
 from sim.world import COLOR_NAMES, KINDS
 
 
@@ -29,13 +29,15 @@ def _cameras(env) -> dict[str, dict[str, Any]]:
 class EmbodiedLMPlanner:
     """Closed loop: observe -> sentence (instruction + steps so far + observation tokens) -> next step."""
 
-    def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0):
+    def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0,
+                 precision: str = "auto"):
         if model is None:  # Ray workers get a checkpoint path, not a pickled model
             from embodied_lm.train import load_trained
 
             model = load_trained(checkpoint, seed=seed)
         self.model = model.eval()
         self.constrained = constrained
+        self.precision = precision  # bf16 autocast where native (embodied_lm.model.autocast)
         self.needs_images = model.cfg.sensors != "state"
         self._tries: dict[tuple, Trie] = {}
 
@@ -48,18 +50,19 @@ class EmbodiedLMPlanner:
         m = self.model
         names, kinds = _scene_objects(obs["objects"])
         prompt = prompt_text(obs["instruction"], self.history, m.kind, present_slots(obs["objects"]))
-        sent = build_sentence(m.tok, prompt, None, kind=m.kind, n_slots=m.n_slots)
+        sent = m.sentence(prompt, None)
         from sensors import collate
 
         sensors = collate([m.encoder.preprocess(obs, self.cameras)])
-        embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
         trie = None
         if self.constrained:
             key = (tuple(names), tuple(kinds))
             if key not in self._tries:
                 self._tries[key] = Trie(m.tok, grammar_calls(names, kinds))
             trie = self._tries[key]
-        text = greedy(m, embeds, m.tok, trie)
+        with autocast("cpu", self.precision):
+            embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
+            text = greedy(m, embeds, m.tok, trie)
         self.history.append(text)
         return text
 

@@ -80,9 +80,10 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     from embodied_lm.datasets import ReplayWriter
 
     specs = generate_specs(cfg.collect.families, cfg.collect.levels, cfg.collect.episodes, cfg.seed, "train")
+    images = cfg.collect.images if cfg.collect.images is not None else cfg.sensors.name != "state"
     t0 = time.perf_counter()
     with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict)) as writer:
-        rows, _ = rollouts(cfg, specs, "oracle", {}, True, writer)
+        rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer)
     ok = sum(r.success for r in rows)
     print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
     return time.perf_counter() - t0
@@ -93,7 +94,8 @@ def model_config(cfg: RunConfig):
 
     return ModelConfig(backbone=cfg.backbone.name, sensors=cfg.sensors.name, encoder=dict(cfg.sensors.encoder),
                        projector=cfg.train.projector, mode=cfg.train.mode, lora_r=cfg.train.lora_r,
-                       lora_alpha=2 * cfg.train.lora_r)
+                       lora_alpha=2 * cfg.train.lora_r, lora_targets=list(cfg.train.lora_targets),
+                       relation_loss=cfg.sensors.relation_loss)
 
 
 def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, dict]:
@@ -101,7 +103,8 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
 
     t = cfg.train
     tcfg = TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, sensor_lr=t.sensor_lr, warmup=t.warmup,
-                       seed=cfg.seed, checkpoint_every=t.checkpoint_every)
+                       seed=cfg.seed, checkpoint_every=t.checkpoint_every, precision=t.precision,
+                       relation_steps=t.relation_steps)
     resume = t.resume and checkpoint.exists()
     if t.backend == "ray":  # DDP on Ray Train workers; the driver loads the result afterwards
         from embodied_lm.distributed.train_ray import train_on_ray

@@ -27,9 +27,11 @@ class Sentence:
     n_prompt: int  # positions before the answer
 
 
-def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: int) -> Sentence:
-    """Tokenize ``prompt`` (+ `` answer`` + eos).  ``kind`` "objects": ``<obj_k>`` -> slot k-1 (k <= n_slots);
-    "image": ``<img>`` -> slots 0..n_slots-1.  Anything else in angle brackets is an error."""
+def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: int,
+                   per_object: int = 1) -> Sentence:
+    """Tokenize ``prompt`` (+ `` answer`` + eos).  ``kind`` "objects": ``<obj_k>`` -> the ``per_object``
+    slots (k-1)*per_object ... k*per_object-1 (k <= n_slots / per_object); "image": ``<img>`` -> slots
+    0..n_slots-1.  Anything else in angle brackets is an error."""
     ids: list[int] = []
     slots: list[int] = []
     pos = 0
@@ -39,7 +41,7 @@ def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: 
             part = tok(text, add_special_tokens=False)["input_ids"]
             ids += part
             slots += [-1] * len(part)
-        ids_slots = _placeholder(m.group(1), kind, n_slots, m.start())
+        ids_slots = _placeholder(m.group(1), kind, n_slots, per_object, m.start())
         ids += [tok.pad_token_id] * len(ids_slots)
         slots += ids_slots
         pos = m.end()
@@ -56,15 +58,15 @@ def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: 
     return Sentence(ids, slots, n_prompt)
 
 
-def _placeholder(name: str, kind: str, n_slots: int, at: int) -> list[int]:
+def _placeholder(name: str, kind: str, n_slots: int, per_object: int, at: int) -> list[int]:
     if name == "img" and kind == "image":
         return list(range(n_slots))
     m = re.fullmatch(r"obj_([1-9][0-9]*)", name)
     if m and kind == "objects":
         k = int(m.group(1))
-        if k > n_slots:
-            raise SentenceError(f"placeholder <{name}> at char {at}: only {n_slots} object slots")
-        return [k - 1]
+        if k > n_slots // per_object:
+            raise SentenceError(f"placeholder <{name}> at char {at}: only {n_slots // per_object} object slots")
+        return list(range((k - 1) * per_object, k * per_object))
     known = "<img>" if kind == "image" else "<obj_k>"
     raise SentenceError(f"unknown placeholder <{name}> at char {at} (this encoder fills {known})")
 

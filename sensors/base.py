@@ -97,8 +97,13 @@ class Encoder(nn.Module):
         return self.config.dim
 
     @property
+    def tokens_per_object(self) -> int:
+        """Tokens each ``<obj_k>`` placeholder takes (objects encoders)."""
+        return 1
+
+    @property
     def num_tokens(self) -> int:
-        return MAX_OBJECTS
+        return MAX_OBJECTS * self.tokens_per_object
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
         raise NotImplementedError

@@ -41,9 +41,12 @@ class StateConfig(EncoderConfig):
     xyz_center: tuple[float, float, float] = (0.5, 0.0, 0.0)  # workspace centre, metres
     xyz_scale: float = 0.1  # metres per unit for absolute positions
     rel_scale: float = 0.04  # metres per unit for relative positions: one block size -> 1.0
+    tokens_per_object: int = 1  # 4 = one token per relation fact (sensors/relations.py), for the anchor loss
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.tokens_per_object < 1:
+            raise ValueError(f"StateConfig.tokens_per_object must be >= 1, got {self.tokens_per_object}")
         if self.hidden < 1 or self.xyz_scale <= 0 or self.rel_scale <= 0 or len(self.xyz_center) != 3:
             raise ValueError(f"StateConfig: need hidden >= 1, scales > 0, 3-vector centre; got {self}")
 
@@ -63,6 +66,11 @@ def object_features(objects: Tensor, center: Tensor, scale: float) -> Tensor:
 class StateEncoder(Encoder):
     kind = "objects"
     config_cls = StateConfig
+    relation_targets = True  # object k's tokens come from row k of obs["objects"]: the anchor loss applies
+
+    @property
+    def tokens_per_object(self) -> int:
+        return self.config.tokens_per_object
 
     def __init__(self, config: StateConfig):
         super().__init__(config)
@@ -72,7 +80,7 @@ class StateEncoder(Encoder):
             # Edge message from neighbour j to object i: its relative position and what j is.
             self.edge = mlp([EDGE_FEATURES + c.hidden, c.hidden, c.hidden])
             self.update = mlp([3 * c.hidden, c.hidden, c.hidden])
-        self.out = nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.dim))
+        self.out = nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.tokens_per_object * c.dim))
         self.register_buffer("center", torch.tensor(c.xyz_center, dtype=torch.float32), persistent=False)
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
@@ -96,5 +104,7 @@ class StateEncoder(Encoder):
             e_max = e.masked_fill(~valid, float("-inf")).amax(2)
             e_max = torch.where(valid.any(2), e_max, torch.zeros_like(e_max))  # no neighbours -> 0
             h = h + self.update(torch.cat([h, e_sum, e_max], -1))  # (B, N, H)
-        tokens = self.out(h) * present[..., None]  # (B, N, D); absent slots are zero
-        return tokens, present
+        B, N, _ = h.shape
+        m = c.tokens_per_object
+        tokens = self.out(h) * present[..., None]  # (B, N, m*D); absent objects are zero
+        return tokens.reshape(B, N * m, c.dim), present.repeat_interleave(m, 1)  # object-major: (B, N*m, D)

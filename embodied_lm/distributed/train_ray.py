@@ -209,9 +209,16 @@ def _train_loop(config: dict) -> None:
     import ray.train.torch
 
     from embodied_lm.data import examples_from_store
-    from embodied_lm.model import EmbodiedLM
+    from embodied_lm.model import EmbodiedLM, autocast
     from embodied_lm.sentence import IGNORE, collate
-    from embodied_lm.train import _lr_scale, _optimizer, load_checkpoint, make_batch, save_checkpoint
+    from embodied_lm.train import (
+        _lr_scale,
+        _optimizer,
+        load_checkpoint,
+        make_batch,
+        pretrain_relations,
+        save_checkpoint,
+    )
 
     torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
@@ -230,6 +237,8 @@ def _train_loop(config: dict) -> None:
     n_answer = np.array([int((collate([e.sentence], pad)["labels"][0, 1:] != IGNORE).sum()) for e in examples])
 
     device = ray.train.torch.get_device()
+    if not config["resume"]:  # before DDP wraps the model: DDP then broadcasts rank 0's result
+        pretrain_relations(model, examples, tcfg)
     ddp = ray.train.torch.prepare_model(model)  # to(device); DistributedDataParallel when world > 1
     opt = _optimizer(model, tcfg)
     rng = np.random.default_rng(tcfg.seed)
@@ -254,7 +263,8 @@ def _train_loop(config: dict) -> None:
         lr_scale = _lr_scale(state["step"], tcfg)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_scale
-        loss = ddp(batch)  # mean over this slice's answer tokens
+        with autocast(device.type, tcfg.precision):
+            loss = ddp(batch)  # mean over this slice's answer tokens
         opt.zero_grad(set_to_none=True)
         if world > 1:  # DDP averages over ranks -> gradient of the global batch's mean loss
             (loss * (world * n_mine / n_global)).backward()
