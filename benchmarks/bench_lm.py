@@ -29,7 +29,7 @@ from embodied_lm.evaluate import run_episode
 from embodied_lm.lm_planner import EmbodiedLMPlanner
 from embodied_lm.model import EmbodiedLM, ModelConfig, autocast, native_bf16
 from embodied_lm.planners import make_planner
-from embodied_lm.train import _optimizer, TrainConfig, make_batch
+from embodied_lm.train import TrainConfig, _optimizer, make_batch
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import generate_specs
 

@@ -126,7 +126,7 @@ class TrainSettings:
     warmup: int = 30
     lora_r: int = 16
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    relation_steps: int = 0  # encoder-only pretraining steps on the relation anchor loss
+    relation_steps: int = 0  # encoder-only pretraining steps on the relation loss
     precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU has native bf16) | bf16 | fp32
     projector: str = "mlp"
     checkpoint_every: int = 200

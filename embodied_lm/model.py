@@ -26,7 +26,8 @@ def native_bf16(device_type: str) -> bool:
     """Whether bf16 matmuls run natively: CPUs with AVX512-BF16/AMX (oneDNN), CUDA GPUs from Ampere on."""
     if device_type == "cuda":
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return device_type == "cpu" and torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    return (device_type == "cpu" and torch.backends.mkldnn.is_available()
+            and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
 def autocast(device_type: str, precision: str = "auto"):
@@ -82,14 +83,15 @@ class EmbodiedLM(nn.Module):
         if cfg.relation_loss > 0:
             from sensors.relations import FACTS, WORDS
 
-            if not getattr(self.encoder, "relation_targets", False) or self.encoder.tokens_per_object != 1:
-                raise ValueError("model.relation_loss needs one token per object aligned with obs['objects'] "
+            if not getattr(self.encoder, "relation_targets", False) or self.encoder.tokens_per_object > 2:
+                raise ValueError("model.relation_loss needs 1 or 2 tokens per object aligned with obs['objects'] "
                                  f"(sensors=state); sensors={cfg.sensors!r} has none")
             ids = [self.tok(" " + w, add_special_tokens=False)["input_ids"] for w in WORDS]
             if any(len(i) != 1 for i in ids):
                 raise ValueError(f"backbone {cfg.backbone!r}: relation words must be single tokens, got {ids}")
             relation_ids = torch.tensor([i[0] for i in ids])
-            self.relation_heads = nn.ModuleDict({f: nn.Linear(width, len(WORDS)) for f in FACTS[1:]})
+            self.relation_heads = nn.ModuleDict({f: nn.Linear(self.encoder.out_dim, len(WORDS))
+                                                 for f in FACTS[1:]})
         self.register_buffer("relation_ids", relation_ids, persistent=False)
         for p in lm.parameters():
             p.requires_grad = cfg.mode == "full"
@@ -124,7 +126,8 @@ class EmbodiedLM(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens (+ the weighted relation loss, if configured)."""
-        tokens = self.sensor_tokens(batch["sensors"])  # (B, S, D)
+        enc, _ = self.encoder(batch["sensors"])  # (B, S, d)
+        tokens = self.projector(enc)  # (B, S, D)
         x = inject(self.embed(batch["ids"]), batch["slots"], tokens)  # (B, T, D)
         h = self.body(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, D)
         target = batch["labels"][:, 1:]  # position t predicts token t+1
@@ -132,7 +135,7 @@ class EmbodiedLM(nn.Module):
         logits = self.head(h[:, :-1][sel])  # (N, V): answer positions only
         loss = F.cross_entropy(logits.float(), target[sel])
         if self.relation_ids is not None:
-            loss = loss + self.cfg.relation_loss * self.relation_loss(tokens, batch["sensors"]["objects"])
+            loss = loss + self.cfg.relation_loss * self.relation_loss(enc, tokens, batch["sensors"]["objects"])
         return loss
 
     def sentence(self, prompt: str, answer: str | None):
@@ -142,30 +145,38 @@ class EmbodiedLM(nn.Module):
         return build_sentence(self.tok, prompt, answer, kind=self.kind, n_slots=self.n_slots,
                               per_object=self.encoder.tokens_per_object)
 
-    def relation_logits(self, tokens: torch.Tensor) -> torch.Tensor:
-        """Object tokens (B, N, D) -> fact logits over ``WORDS`` (B, N, 4, W).  The colour is the cosine
-        similarity of the token itself with the LM's colour-word embeddings (x10): the token carries
-        " red" in the LM's own coordinates; the other facts go through linear heads."""
+    def relation_logits(self, enc: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """Encoder outputs (B, N*m, d) and their projections (B, N*m, D), m = 1 or 2 tokens per object ->
+        fact logits over ``WORDS`` (B, N, 4, W).  The colour is the cosine similarity of the object's first
+        projected token with the LM's colour-word embeddings (x10): that token carries " red" in the LM's
+        own coordinates.  Support, above and top are linear heads on the encoder output of its last token,
+        where the relational block computes them (with m = 2 that token is left free of the colour pull)."""
         from sensors.relations import FACTS
 
+        m = self.encoder.tokens_per_object
+        B, S, _ = enc.shape
+        first = tokens.reshape(B, S // m, m, -1)[:, :, 0]  # (B, N, D)
+        last = enc.reshape(B, S // m, m, -1)[:, :, -1]  # (B, N, d)
         words = F.normalize(self.embed(self.relation_ids).detach().float(), dim=-1)  # (W, D)
-        colour = 10 * F.normalize(tokens.float(), dim=-1) @ words.T  # (B, N, W)
-        return torch.stack([colour, *(self.relation_heads[f](tokens.float()) for f in FACTS[1:])], 2)
+        colour = 10 * F.normalize(first.float(), dim=-1) @ words.T  # (B, N, W)
+        return torch.stack([colour, *(self.relation_heads[f](last.float()) for f in FACTS[1:])], 2)
 
-    def relation_loss(self, tokens: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
+    def relation_loss(self, enc: torch.Tensor, tokens: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of the four facts of every present object (sensors/relations.py)."""
         from sensors.relations import IGNORE, relation_facts
 
         facts = relation_facts(objects)  # (B, N, 4)
-        logits = self.relation_logits(tokens)  # (B, N, 4, W)
+        logits = self.relation_logits(enc, tokens)  # (B, N, 4, W)
         return F.cross_entropy(logits.flatten(0, 2), facts.flatten(), ignore_index=IGNORE)
 
     @torch.no_grad()
-    def relation_accuracy(self, tokens: torch.Tensor, objects: torch.Tensor) -> dict[str, float]:
+    def relation_accuracy(self, sensors: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Per fact, how often the auxiliary heads get it right on a batch of observations."""
         from sensors.relations import FACTS, IGNORE, relation_facts
 
-        facts = relation_facts(objects)
-        pred = self.relation_logits(tokens).argmax(-1)
+        enc, _ = self.encoder(sensors)
+        facts = relation_facts(sensors["objects"])
+        pred = self.relation_logits(enc, self.projector(enc)).argmax(-1)
         return {f: float((pred[..., i] == facts[..., i])[facts[..., i] != IGNORE].float().mean())
                 for i, f in enumerate(FACTS)}
 

@@ -190,13 +190,29 @@ def _checkpoint(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path
     return path
 
 
-def free_cores() -> int:
-    """Cores not already busy (1-minute load average): torch threads beyond them spin against other
-    processes — measured 4-6x slower training with 2 threads on a 2-core machine with one core busy."""
+def free_cores(window_s: float = 0.5) -> int:
+    """Cores not busy right now: the idle share of every core over ``window_s`` (/proc/stat), falling
+    back to the 1-minute load average.  Torch threads beyond them spin against other processes
+    (measured 4-6x slower training with 2 threads on a 2-core machine with one core busy).  The load
+    average alone lags by a minute: a job that just ended would still count and halve our threads."""
     import os
+    import time
 
     cores = len(os.sched_getaffinity(0))
-    return max(1, min(cores, round(cores - os.getloadavg()[0])))
+
+    def idle_total() -> tuple[int, int]:
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return v[3] + v[4], sum(v)  # idle + iowait, all
+
+    try:
+        i0, t0 = idle_total()
+        time.sleep(window_s)
+        i1, t1 = idle_total()
+        busy = (1 - (i1 - i0) / max(t1 - t0, 1)) * (os.cpu_count() or cores)
+    except (OSError, ValueError, IndexError):
+        busy = os.getloadavg()[0]
+    return max(1, min(cores, round(cores - busy)))
 
 
 def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path | None:

@@ -26,7 +26,6 @@ from embodied_lm.data import Example
 from embodied_lm.model import PRECISIONS, EmbodiedLM, ModelConfig, autocast
 from embodied_lm.sentence import collate
 
-
 SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at train.sensor_lr
 
 
@@ -90,13 +89,12 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
     rng = np.random.default_rng([cfg.seed, 1])
     for _ in range(cfg.relation_steps):
         ob = objects[rng.integers(len(objects), size=128)].to(device)
-        loss = model.relation_loss(model.sensor_tokens({"objects": ob}), ob)
+        enc, _ = model.encoder({"objects": ob})
+        loss = model.relation_loss(enc, model.projector(enc), ob)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    ob = objects[:1024].to(device)
-    with torch.no_grad():
-        return model.relation_accuracy(model.sensor_tokens({"objects": ob}), ob)
+    return model.relation_accuracy({"objects": objects[:1024].to(device)})
 
 
 def _lr_scale(step: int, cfg: TrainConfig) -> float:

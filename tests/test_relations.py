@@ -57,16 +57,17 @@ def test_relation_pretraining_makes_tokens_carry_the_facts():
     batch = torch.from_numpy(np.stack(scenes[:4]))
     tokens = m.sensor_tokens({"objects": batch})
     assert tokens.shape == (4, 16, m.embed.weight.shape[1])
-    assert torch.isfinite(m.relation_loss(tokens, batch))
+    enc, _ = m.encoder({"objects": batch})
+    assert torch.isfinite(m.relation_loss(enc, tokens, batch))
 
 
-def test_relation_loss_needs_one_token_per_object():
+def test_relation_loss_needs_object_tokens():
     from embodied_lm.model import EmbodiedLM, ModelConfig
 
-    with pytest.raises(ValueError, match="needs one token per object"):
+    with pytest.raises(ValueError, match="needs 1 or 2 tokens per object"):
         EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen", relation_loss=1.0,
-                               encoder={"tokens_per_object": 2}), seed=0)
-    with pytest.raises(ValueError, match="needs one token per object"):
+                               encoder={"tokens_per_object": 3}), seed=0)
+    with pytest.raises(ValueError, match="needs 1 or 2 tokens per object"):
         EmbodiedLM(ModelConfig(backbone="tiny", sensors="vit", mode="frozen", relation_loss=1.0), seed=0)
 
 
