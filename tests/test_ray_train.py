@@ -27,7 +27,9 @@ from embodied_lm.distributed.train_ray import train_on_ray  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 FAMILIES = ["p1_grasp", "q2_on_table"]
 MODEL = ModelConfig(backbone="tiny", sensors="state", mode="lora")
-TRAIN = TrainConfig(steps=8, batch_size=4, warmup=2, checkpoint_every=100)
+# fp32: the equivalence checked here is DDP's gradient math; under bf16 autocast (the CPU default where
+# native) 2 workers round differently from 1 process -- seen: losses within 7e-4, weights within 1.5e-3.
+TRAIN = TrainConfig(steps=8, batch_size=4, warmup=2, checkpoint_every=100, precision="fp32")
 TOL = 1e-4  # abs, per logged step (losses are logged rounded to 1e-5); seen: 0.0 for 1 and 2 workers
 
 
@@ -116,7 +118,8 @@ def test_resume_equals_straight_run_across_world_sizes(ray_session, dataset, ref
     ref, _ = reference
     ckpt = tmp_path / "ckpt"
     half = train_on_ray(MODEL, TRAIN, dataset, ckpt, num_workers=2, families=FAMILIES, stop_after=4)
-    assert half["step"] == 4 and half["losses"] == ref["losses"][:4]
+    # 2 workers sum in another order: equal to train() up to float rounding of the logged losses
+    assert half["step"] == 4 and _max_loss_diff(half["losses"], ref["losses"][:4]) <= TOL
     # 2 workers for steps 1-4, 1 worker for 5-8: the sampler draws global batches, so the world size
     # does not change what is trained
     full = train_on_ray(MODEL, TRAIN, dataset, ckpt, num_workers=1, families=FAMILIES, resume=True)
