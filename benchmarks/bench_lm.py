@@ -1,6 +1,7 @@
 """The embodied LM's speed per backbone: training throughput (tokens/s) and planner latency (ms per step).
 
-Training: the default model (state sensors, LoRA r=16 on q/v) on real oracle steps from the sim
+Training: the main job's model (state sensors, 2 tokens per object, relation loss, LoRA r=16 on q/v)
+on real oracle steps from the sim
 (L1, all TAMP families), batch 16, bf16 autocast where the CPU has it (``precision=auto``) and fp32;
 median over timed steps after warm-up.  Planner: ``EmbodiedLMPlanner.act`` (sentence, encoder, KV-cache
 greedy decoding, grammar constraint) on real observations, untrained weights (the latency of a step
@@ -121,7 +122,8 @@ def main() -> None:
     out = {"machine": machine(), "threads": args.threads, "backbones": {}}
     print(f"{'backbone':10} {'train tok/s bf16':>16} {'fp32':>8} {'planner ms/step median':>22} {'p90':>7}  load")
     for name in args.backbones:
-        model = EmbodiedLM(ModelConfig(backbone=name), seed=0)
+        # the main job's model: state sensors, 2 tokens per object, relation loss (experiments/conf)
+        model = EmbodiedLM(ModelConfig(backbone=name, encoder={"tokens_per_object": 2}, relation_loss=1.0), seed=0)
         row = {"train_bf16": train_speed(model, steps, "auto", args.batch, args.train_steps),
                "train_fp32": train_speed(model, steps, "fp32", args.batch, args.train_steps),
                "planner": planner_latency(model, steps, args.planner_steps)}
