@@ -27,19 +27,12 @@ p.add_argument("--evals", default=""); p.add_argument("--seed", type=int, defaul
 p.add_argument("--weights", default="")  # family sampling weights, e.g. q1_color=2,p2_stack=2
 p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
 p.add_argument("--ktest", type=int, default=40)
-p.add_argument("--intro", default="Obj")
 p.add_argument("--threads", type=int, default=2)
 p.add_argument("--relation", type=float, default=0.0)
 p.add_argument("--pre", type=int, default=0)
 a = p.parse_args()
 dev = a.device
 torch.set_num_threads(a.threads)
-import embodied_lm.data as _d
-if a.intro != "Obj":
-    _orig = _d.prompt_text
-    def _pt(instruction, history, kind, present):
-        return _orig(instruction, history, kind, present).replace("Obj ", "obj_").replace("obj_", "obj_")
-    prompt_text = _pt
 torch.backends.cuda.matmul.allow_tf32 = False
 m = EmbodiedLM(ModelConfig(backbone=a.backbone, sensors=a.sensors, encoder=json.loads(a.enc), projector=a.projector,
                            mode=a.mode, lora_r=a.r, lora_alpha=2 * a.r, lora_targets=a.targets.split(","), relation_loss=a.relation), seed=a.seed).to(dev)
