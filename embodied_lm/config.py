@@ -76,6 +76,7 @@ class EvalConfig:
             raise ConfigError(f"eval.split must be one of {list(SEED_SPLITS)}, got {self.split!r}")
 
 
+STAGES = ("collect", "train", "eval")
 TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
 
 
@@ -185,7 +186,7 @@ class RunConfig:
     ray: RayConfig = field(default_factory=RayConfig)
     # conf/embodiment/{sim,ros}.yaml: kind + (for ros) the keys of embodied_lm.ros.RosConfig
     embodiment: dict[str, Any] = field(default_factory=lambda: {"kind": "sim"})
-    stage: str = "all"  # all | collect | train | eval
+    stage: str = "all"  # all | collect | train | eval, or stages joined by "+" (train+eval)
     dataset: str | None = None  # zarr store of demonstrations (default: <run dir>/demos.zarr)
     checkpoint: str | None = None  # checkpoint directory (default: <run dir>/checkpoint)
     seed: int = 0
@@ -193,8 +194,10 @@ class RunConfig:
     threads: int | None = None  # torch threads; None = the cores not already busy (pipeline.free_cores)
 
     def __post_init__(self) -> None:
-        if self.stage not in ("all", "collect", "train", "eval"):
-            raise ConfigError(f"stage must be all, collect, train or eval, got {self.stage!r}")
+        parts = self.stage.split("+")
+        if self.stage != "all" and (not set(parts) <= set(STAGES) or len(set(parts)) != len(parts)):
+            raise ConfigError(f"stage must be all, collect, train or eval, or several joined by '+' "
+                              f"(train+eval), got {self.stage!r}")
         kind = self.embodiment.get("kind", "sim")
         if kind == "ros":
             from embodied_lm.ros import RosConfig
@@ -207,6 +210,12 @@ class RunConfig:
                 raise ConfigError("embodiment=ros drives one robot: it cannot run on Ray workers (ray.enabled)")
         elif kind != "sim" or set(self.embodiment) - {"kind"}:
             raise ConfigError(f"embodiment: kind must be 'sim' (no other keys) or 'ros', got {self.embodiment}")
+
+
+def run_stages(stage: str) -> list[str]:
+    """``all`` -> every stage; ``train+eval`` -> those, in pipeline order."""
+    parts = STAGES if stage == "all" else stage.split("+")
+    return [s for s in STAGES if s in parts]
 
 
 def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:

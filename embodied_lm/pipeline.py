@@ -2,7 +2,8 @@
 
 ``stage=all`` with ``planner=embodied_lm``: collect oracle demonstrations into zarr (train seeds) ->
 train the model -> evaluate closed loop on test seeds at every level.  Other planners only evaluate.
-``stage=collect|train|eval`` run one stage (``dataset=``, ``checkpoint=`` point at earlier outputs).
+``stage=collect|train|eval`` runs one stage, ``stage=train+eval`` several (``dataset=``, ``checkpoint=``
+point at earlier outputs).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embodied_lm.config import ConfigError, RunConfig
+from embodied_lm.config import ConfigError, RunConfig, run_stages
 from embodied_lm.evaluate import evaluate
 from embodied_lm.planners import make_planner
 from embodied_lm.results import build_results, format_table, plot_results, versions, write_results
@@ -223,10 +224,8 @@ def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path |
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     lm = cfg.planner.name == "embodied_lm"
-    stages = ["collect", "train", "eval"] if cfg.stage == "all" and lm else [cfg.stage]
-    if cfg.stage == "all" and not lm:
-        stages = ["eval"]
-    if not lm and stages != ["eval"] and cfg.stage != "collect":
+    stages = run_stages(cfg.stage) if lm or cfg.stage != "all" else ["eval"]
+    if not lm and "train" in stages:
         raise ConfigError(f"stage={cfg.stage} needs planner=embodied_lm ({cfg.planner.name} only evaluates)")
     timing: dict[str, float] = {}
     model = None
