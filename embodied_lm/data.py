@@ -94,7 +94,7 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
         for t, g in enumerate(range(int(starts[i]), int(ends[i]))):
             obs = {k: col[g] for k, col in columns.items()}
             prompt = prompt_text(meta["instruction"], plan[:t], encoder.kind, present_slots(objects[g]))
-            sent = build_sentence(tok, prompt, plan[t], kind=encoder.kind, n_slots=encoder.num_tokens,
-                                  per_object=encoder.tokens_per_object)
+            sent = build_sentence(tok, prompt, plan[t], kind=encoder.kind, n_slots=encoder.num_slots,
+                                  per_object=encoder.slots_per_object)
             out.append(Example(sent, encoder.preprocess(obs, cameras), meta["task"]))
     return out

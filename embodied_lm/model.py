@@ -64,6 +64,15 @@ class ModelConfig:
             raise ValueError(f"model.lora_r must be >= 1, got {self.lora_r}")
 
 
+def pointer_words() -> list[str]:
+    """What a pointer can name, in the order of its logits: the specials as words, then object k as the
+    digits the LM reads after "obj_" ("3" for obj_3)."""
+    from sensors.base import MAX_OBJECTS
+    from sensors.relations import POINTER_SPECIALS
+
+    return [" " + w for w in POINTER_SPECIALS] + [str(k) for k in range(1, MAX_OBJECTS + 1)]
+
+
 class EmbodiedLM(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
@@ -78,20 +87,25 @@ class EmbodiedLM(nn.Module):
         width = lm.config.hidden_size
         self.encoder = build_encoder(cfg.sensors, **{"seed": seed, **cfg.encoder})
         self.projector = build_projector(cfg.projector, self.encoder.out_dim, width)
-        relation_ids = None  # word ids of sensors.relations.WORDS in this LM's vocabulary
+        relation_ids = pointer_ids = None  # word ids of sensors.relations.WORDS / pointer words in this LM
         self.relation_heads = None
+        pointers = self.encoder.pointer_facts
+        if pointers and cfg.relation_loss <= 0:
+            raise ValueError(f"encoder pointers {list(pointers)} are trained by the relation loss: "
+                             "set sensors.relation_loss > 0")
         if cfg.relation_loss > 0:
             from sensors.relations import FACTS, WORDS
 
             if not getattr(self.encoder, "relation_targets", False) or self.encoder.tokens_per_object > 2:
                 raise ValueError("model.relation_loss needs 1 or 2 tokens per object aligned with obs['objects'] "
                                  f"(sensors=state); sensors={cfg.sensors!r} has none")
-            ids = [self.tok(" " + w, add_special_tokens=False)["input_ids"] for w in WORDS]
-            if any(len(i) != 1 for i in ids):
-                raise ValueError(f"backbone {cfg.backbone!r}: relation words must be single tokens, got {ids}")
-            relation_ids = torch.tensor([i[0] for i in ids])
-            self.relation_heads = nn.ModuleDict({f: nn.Linear(self.encoder.out_dim, len(WORDS))
-                                                 for f in FACTS[1:]})
+            relation_ids = torch.tensor(self._word_ids([" " + w for w in WORDS]))[:, 0]
+            if pointers:
+                pointer_ids = torch.tensor(self._word_ids(pointer_words()))  # (3 + MAX_OBJECTS, L)
+            else:  # relations as linear heads on the last token
+                self.relation_heads = nn.ModuleDict({f: nn.Linear(self.encoder.out_dim, len(WORDS))
+                                                     for f in FACTS[1:]})
+        self.register_buffer("pointer_ids", pointer_ids, persistent=False)
         self.register_buffer("relation_ids", relation_ids, persistent=False)
         for p in lm.parameters():
             p.requires_grad = cfg.mode == "full"
@@ -109,33 +123,59 @@ class EmbodiedLM(nn.Module):
         self.head = base.lm_head
         self.embed = base.get_input_embeddings()
 
+    def _word_ids(self, words: list[str]) -> list[list[int]]:
+        """Token ids of each word, padded to equal length by repeating the last id (so that the mean of a
+        word's embeddings is its embedding when it is one token, as every relation word must be here)."""
+        ids = [self.tok(w, add_special_tokens=False)["input_ids"] for w in words]
+        if any(not i for i in ids) or any(len(i) != 1 for w, i in zip(words, ids) if not w.strip().isdigit()):
+            raise ValueError(f"backbone {self.cfg.backbone!r}: relation words must be single tokens, "
+                             f"got {dict(zip(words, ids))}")
+        width = max(len(i) for i in ids)
+        return [i + i[-1:] * (width - len(i)) for i in ids]
+
     @property
     def kind(self) -> str:
         return self.encoder.kind
 
     @property
     def n_slots(self) -> int:
-        return self.encoder.num_tokens
+        return self.encoder.num_slots
+
+    def encode(self, sensors: dict[str, torch.Tensor]):
+        """-> encoder outputs (B, S, d), their projections (B, S, D), pointer logits (B, N, F, 3+N) or None,
+        and the sentence tokens (B, n_slots, D): per object its projected tokens, then one referral token
+        per pointer fact = the pointer's distribution over ``pointer_words`` times their LM embeddings."""
+        enc, _ = self.encoder(sensors)  # (B, S, d)
+        tokens = self.projector(enc)  # (B, S, D)
+        if self.pointer_ids is None:
+            return enc, tokens, None, tokens
+        logits = self.encoder.pointer_logits(sensors)  # (B, N, F, 3+N)
+        B, N, F_, K = logits.shape
+        words = self.embed(self.pointer_ids[:K]).mean(1)  # (K, D)
+        present = (sensors["objects"][..., 0] > 0.5)[..., None, None]  # (B, N, 1, 1)
+        probs = logits.float().masked_fill(~present, 0).softmax(-1)  # absent rows: no all -inf softmax
+        refer = probs.to(words.dtype) @ words  # (B, N, F, D)
+        per_object = torch.cat([tokens.reshape(B, N, -1, tokens.shape[-1]), refer.to(tokens.dtype) * present], 2)
+        return enc, tokens, logits, per_object.reshape(B, -1, tokens.shape[-1])  # (B, N*(m+F), D)
 
     def sensor_tokens(self, sensors: dict[str, torch.Tensor]) -> torch.Tensor:
-        tokens, _ = self.encoder(sensors)  # (B, S, d)
-        return self.projector(tokens)  # (B, S, D)
+        return self.encode(sensors)[-1]  # (B, n_slots, D)
 
     def embed_sentence(self, ids: torch.Tensor, slots: torch.Tensor, sensors: dict[str, torch.Tensor]):
         return inject(self.embed(ids), slots, self.sensor_tokens(sensors))  # (B, T, D)
 
     def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """Mean cross-entropy over answer tokens (+ the weighted relation loss, if configured)."""
-        enc, _ = self.encoder(batch["sensors"])  # (B, S, d)
-        tokens = self.projector(enc)  # (B, S, D)
-        x = inject(self.embed(batch["ids"]), batch["slots"], tokens)  # (B, T, D)
+        enc, tokens, pointers, slots = self.encode(batch["sensors"])
+        x = inject(self.embed(batch["ids"]), batch["slots"], slots)  # (B, T, D)
         h = self.body(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, D)
         target = batch["labels"][:, 1:]  # position t predicts token t+1
         sel = target != IGNORE  # (B, T-1)
         logits = self.head(h[:, :-1][sel])  # (N, V): answer positions only
         loss = F.cross_entropy(logits.float(), target[sel])
         if self.relation_ids is not None:
-            loss = loss + self.cfg.relation_loss * self.relation_loss(enc, tokens, batch["sensors"]["objects"])
+            loss = loss + self.cfg.relation_loss * self.relation_loss(enc, tokens, pointers,
+                                                                      batch["sensors"]["objects"])
         return loss
 
     def sentence(self, prompt: str, answer: str | None):
@@ -143,42 +183,58 @@ class EmbodiedLM(nn.Module):
         from embodied_lm.sentence import build_sentence
 
         return build_sentence(self.tok, prompt, answer, kind=self.kind, n_slots=self.n_slots,
-                              per_object=self.encoder.tokens_per_object)
+                              per_object=self.encoder.slots_per_object)
 
     def relation_logits(self, enc: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """Encoder outputs (B, N*m, d) and their projections (B, N*m, D), m = 1 or 2 tokens per object ->
-        fact logits over ``WORDS`` (B, N, 4, W).  The colour is the cosine similarity of the object's first
-        projected token with the LM's colour-word embeddings (x10): that token carries " red" in the LM's
-        own coordinates.  Support, above and top are linear heads on the encoder output of its last token,
-        where the relational block computes them (with m = 2 that token is left free of the colour pull)."""
+        fact logits over ``WORDS`` (B, N, F, W): the colour, then (without pointers) support, above, top.
+        The colour is the cosine similarity of the object's first projected token with the LM's
+        colour-word embeddings (x10): that token carries " red" in the LM's own coordinates.  Support, above
+        and top are linear heads on the encoder output of its last token, where the relational block
+        computes them (with m = 2 that token is left free of the colour pull)."""
         from sensors.relations import FACTS
 
         m = self.encoder.tokens_per_object
         B, S, _ = enc.shape
         first = tokens.reshape(B, S // m, m, -1)[:, :, 0]  # (B, N, D)
-        last = enc.reshape(B, S // m, m, -1)[:, :, -1]  # (B, N, d)
         words = F.normalize(self.embed(self.relation_ids).detach().float(), dim=-1)  # (W, D)
         colour = 10 * F.normalize(first.float(), dim=-1) @ words.T  # (B, N, W)
+        if self.relation_heads is None:
+            return colour[:, :, None]  # (B, N, 1, W)
+        last = enc.reshape(B, S // m, m, -1)[:, :, -1]  # (B, N, d)
         return torch.stack([colour, *(self.relation_heads[f](last.float()) for f in FACTS[1:])], 2)
 
-    def relation_loss(self, enc: torch.Tensor, tokens: torch.Tensor, objects: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of the four facts of every present object (sensors/relations.py)."""
-        from sensors.relations import IGNORE, relation_facts
+    def _relation_preds(self, enc, tokens, pointers, objects) -> list[tuple[str, torch.Tensor, torch.Tensor]]:
+        """(fact, logits (B, N, K), targets (B, N)) of every supervised fact."""
+        from sensors.relations import FACTS, pointer_targets, relation_facts
 
         facts = relation_facts(objects)  # (B, N, 4)
-        logits = self.relation_logits(enc, tokens)  # (B, N, 4, W)
-        return F.cross_entropy(logits.flatten(0, 2), facts.flatten(), ignore_index=IGNORE)
+        logits = self.relation_logits(enc, tokens)  # (B, N, 1 or 4, W)
+        out = [(f, logits[:, :, i], facts[..., i]) for i, f in enumerate(FACTS[:logits.shape[2]])]
+        if pointers is not None:
+            names = self.encoder.pointer_facts
+            targets = pointer_targets(objects, names)  # (B, N, F)
+            out += [(f"{f} pointer", pointers[:, :, i].float(), targets[..., i]) for i, f in enumerate(names)]
+        return out
+
+    def relation_loss(self, enc: torch.Tensor, tokens: torch.Tensor, pointers: torch.Tensor | None,
+                      objects: torch.Tensor) -> torch.Tensor:
+        """Mean over facts of the cross-entropy of every present object (sensors/relations.py)."""
+        from sensors.relations import IGNORE
+
+        losses = [F.cross_entropy(lg.flatten(0, 1).masked_fill(t.flatten()[:, None] == IGNORE, 0), t.flatten(),
+                                  ignore_index=IGNORE)
+                  for _, lg, t in self._relation_preds(enc, tokens, pointers, objects)]
+        return torch.stack(losses).sum() / 4  # the scale of the four-fact loss without pointers
 
     @torch.no_grad()
     def relation_accuracy(self, sensors: dict[str, torch.Tensor]) -> dict[str, float]:
-        """Per fact, how often the auxiliary heads get it right on a batch of observations."""
-        from sensors.relations import FACTS, IGNORE, relation_facts
+        """Per fact, how often the auxiliary heads (or pointers) get it right on a batch of observations."""
+        from sensors.relations import IGNORE
 
-        enc, _ = self.encoder(sensors)
-        facts = relation_facts(sensors["objects"])
-        pred = self.relation_logits(enc, self.projector(enc)).argmax(-1)
-        return {f: float((pred[..., i] == facts[..., i])[facts[..., i] != IGNORE].float().mean())
-                for i, f in enumerate(FACTS)}
+        enc, tokens, pointers, _ = self.encode(sensors)
+        return {f: float((lg.argmax(-1) == t)[t != IGNORE].float().mean())
+                for f, lg, t in self._relation_preds(enc, tokens, pointers, sensors["objects"])}
 
     def trainable_state(self) -> dict[str, torch.Tensor]:
         """The parameters a checkpoint stores: what trains in this mode."""

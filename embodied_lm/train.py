@@ -84,13 +84,14 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
     from sensors import collate as collate_sensors
 
     objects = collate_sensors([e.sensors for e in examples])["objects"]  # (E, N, 12)
-    params = [*model.encoder.parameters(), *model.projector.parameters(), *model.relation_heads.parameters()]
+    heads = model.relation_heads.parameters() if model.relation_heads is not None else []
+    params = [*model.encoder.parameters(), *model.projector.parameters(), *heads]
     opt = torch.optim.AdamW(params, lr=3e-3)
     rng = np.random.default_rng([cfg.seed, 1])
     for _ in range(cfg.relation_steps):
         ob = objects[rng.integers(len(objects), size=128)].to(device)
-        enc, _ = model.encoder({"objects": ob})
-        loss = model.relation_loss(enc, model.projector(enc), ob)
+        enc, tokens, pointers, _ = model.encode({"objects": ob})
+        loss = model.relation_loss(enc, tokens, pointers, ob)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()

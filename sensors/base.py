@@ -105,6 +105,26 @@ class Encoder(nn.Module):
     def num_tokens(self) -> int:
         return MAX_OBJECTS * self.tokens_per_object
 
+    @property
+    def pointer_facts(self) -> tuple[str, ...]:
+        """Relation facts (sensors/relations.py) this encoder answers with ``pointer_logits``: EmbodiedLM
+        appends one referral token per fact to each object's tokens (the LM's word for what is pointed at)."""
+        return ()
+
+    @property
+    def slots_per_object(self) -> int:
+        """Sentence slots per ``<obj_k>``: the encoder's tokens, then the referral tokens."""
+        return self.tokens_per_object + len(self.pointer_facts)
+
+    @property
+    def num_slots(self) -> int:
+        """Sentence slots of one observation (``num_tokens`` + referral tokens)."""
+        return self.num_tokens + MAX_OBJECTS * len(self.pointer_facts)
+
+    def pointer_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, N, len(pointer_facts), len(POINTER_SPECIALS) + N) logits over what each fact points at."""
+        raise NotImplementedError(f"{type(self).__name__} has no pointer facts")
+
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
         raise NotImplementedError
 

@@ -1,10 +1,15 @@
-"""``state``: one token per object from its symbolic state, with a relational (graph-network edge) block.
+"""``state``: tokens per object from its symbolic state, with a relational (graph-network edge) block.
 
 Per-object input: kind one-hot, colour one-hot, position xyz, yaw (sin, cos), size.  What an object
 rests on is deliberately NOT given: the encoder has to see it in the geometry.  Raw poses alone leave
 "is something on top of X" to the LM (the known failure mode), so each object also aggregates
 pairwise relative positions (dx, dy, dz, |dxy|) to every other present object through an edge MLP,
 pooled by sum and max over neighbours (Battaglia et al. 2018 edge -> node update).
+
+``pointers`` (e.g. support, top): a pair scorer over (relative position, both objects' updated states)
+points each object at another object or a special (" table"); EmbodiedLM turns each pointer into a
+referral token, the LM's embedding of the word pointed at -- "3" when the top of obj_1's stack is obj_3,
+the digit the LM itself reads in "obj_3" -- so a plan step is a copy, not a lookup.
 """
 
 from __future__ import annotations
@@ -41,12 +46,21 @@ class StateConfig(EncoderConfig):
     xyz_center: tuple[float, float, float] = (0.5, 0.0, 0.0)  # workspace centre, metres
     xyz_scale: float = 0.1  # metres per unit for absolute positions
     rel_scale: float = 0.04  # metres per unit for relative positions: one block size -> 1.0
-    tokens_per_object: int = 1  # 4 = one token per relation fact (sensors/relations.py), for the anchor loss
+    tokens_per_object: int = 1  # tokens per object from the node state (the first is the colour token)
+    pointers: tuple[str, ...] = ()  # relation facts answered as pointers -> referral tokens (relations.py)
 
     def __post_init__(self) -> None:
         super().__post_init__()
         if self.tokens_per_object < 1:
             raise ValueError(f"StateConfig.tokens_per_object must be >= 1, got {self.tokens_per_object}")
+        from sensors.relations import POINTER_FACTS
+
+        self.pointers = tuple(self.pointers)
+        if not set(self.pointers) <= set(POINTER_FACTS) or len(set(self.pointers)) != len(self.pointers):
+            raise ValueError(f"StateConfig.pointers must be distinct facts among {POINTER_FACTS}, "
+                             f"got {list(self.pointers)}")
+        if self.pointers and not self.relational:
+            raise ValueError("StateConfig.pointers need the relational block (relational: true)")
         if self.hidden < 1 or self.xyz_scale <= 0 or self.rel_scale <= 0 or len(self.xyz_center) != 3:
             raise ValueError(f"StateConfig: need hidden >= 1, scales > 0, 3-vector centre; got {self}")
 
@@ -72,6 +86,10 @@ class StateEncoder(Encoder):
     def tokens_per_object(self) -> int:
         return self.config.tokens_per_object
 
+    @property
+    def pointer_facts(self) -> tuple[str, ...]:
+        return self.config.pointers
+
     def __init__(self, config: StateConfig):
         super().__init__(config)
         c = config
@@ -80,6 +98,16 @@ class StateEncoder(Encoder):
             # Edge message from neighbour j to object i: its relative position and what j is.
             self.edge = mlp([EDGE_FEATURES + c.hidden, c.hidden, c.hidden])
             self.update = mlp([3 * c.hidden, c.hidden, c.hidden])
+        if c.pointers:
+            from sensors.relations import POINTER_SPECIALS
+
+            # Pointer of object i to object j: an MLP on (relative position, state of i, state of j), its
+            # first layer split per input so that the (B, N, N, H) pair tensor is one broadcast sum.
+            self.pair_rel = nn.Linear(EDGE_FEATURES, c.hidden)
+            self.pair_i = nn.Linear(c.hidden, c.hidden, bias=False)
+            self.pair_j = nn.Linear(c.hidden, c.hidden, bias=False)
+            self.pair_out = nn.Sequential(nn.GELU(), nn.Linear(c.hidden, len(c.pointers)))
+            self.special = nn.Linear(c.hidden, len(c.pointers) * len(POINTER_SPECIALS))
         self.out = nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.tokens_per_object * c.dim))
         self.register_buffer("center", torch.tensor(c.xyz_center, dtype=torch.float32), persistent=False)
 
@@ -87,24 +115,48 @@ class StateEncoder(Encoder):
         objects = get_obs(obs, "objects", (MAX_OBJECTS, OBJECT_FEATURES), (np.float32, np.float64))
         return {"objects": objects.astype(np.float32)}
 
-    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+    def _nodes(self, objects: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(B, N, 12) rows -> node states (B, N, H), present (B, N), pair geometry (B, N, N, 4) or None."""
         c = self.config
-        objects = batch["objects"].float()  # (B, N, 12)
         present = objects[..., 0] > 0.5  # (B, N)
         h = self.node(object_features(objects, self.center, c.xyz_scale))  # (B, N, H)
-        if c.relational:
-            xyz = objects[..., 3:6] / c.rel_scale  # (B, N, 3)
-            d = xyz[:, None, :, :] - xyz[:, :, None, :]  # (B, N_i, N_j, 3): position of j relative to i
-            rel = torch.cat([d, d[..., :2].norm(dim=-1, keepdim=True)], -1)  # (B, N, N, 4)
-            hj = h[:, None, :, :].expand(-1, h.shape[1], -1, -1)  # (B, N, N, H)
-            e = self.edge(torch.cat([rel, hj], -1))  # (B, N, N, H)
-            eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
-            valid = (present[:, None, :] & ~eye)[..., None]  # (B, N_i, N_j, 1): other, present objects
-            e_sum = (e * valid).sum(2)  # (B, N, H)
-            e_max = e.masked_fill(~valid, float("-inf")).amax(2)
-            e_max = torch.where(valid.any(2), e_max, torch.zeros_like(e_max))  # no neighbours -> 0
-            h = h + self.update(torch.cat([h, e_sum, e_max], -1))  # (B, N, H)
+        if not c.relational:
+            return h, present, None
+        xyz = objects[..., 3:6] / c.rel_scale  # (B, N, 3)
+        d = xyz[:, None, :, :] - xyz[:, :, None, :]  # (B, N_i, N_j, 3): position of j relative to i
+        rel = torch.cat([d, d[..., :2].norm(dim=-1, keepdim=True)], -1)  # (B, N, N, 4)
+        hj = h[:, None, :, :].expand(-1, h.shape[1], -1, -1)  # (B, N, N, H)
+        e = self.edge(torch.cat([rel, hj], -1))  # (B, N, N, H)
+        eye = torch.eye(h.shape[1], dtype=torch.bool, device=h.device)
+        valid = (present[:, None, :] & ~eye)[..., None]  # (B, N_i, N_j, 1): other, present objects
+        e_sum = (e * valid).sum(2)  # (B, N, H)
+        e_max = e.masked_fill(~valid, float("-inf")).amax(2)
+        e_max = torch.where(valid.any(2), e_max, torch.zeros_like(e_max))  # no neighbours -> 0
+        return h + self.update(torch.cat([h, e_sum, e_max], -1)), present, rel  # (B, N, H)
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        c = self.config
+        h, present, _ = self._nodes(batch["objects"].float())
         B, N, _ = h.shape
         m = c.tokens_per_object
         tokens = self.out(h) * present[..., None]  # (B, N, m*D); absent objects are zero
         return tokens.reshape(B, N * m, c.dim), present.repeat_interleave(m, 1)  # object-major: (B, N*m, D)
+
+    def pointer_logits(self, batch: dict[str, Tensor]) -> Tensor:
+        """(B, N, F, 3 + N): per object and pointer fact, logits over POINTER_SPECIALS then the objects;
+        what a fact cannot point at (an absent object, "hand" for top) is -inf."""
+        from sensors.relations import POINTER_SPECIALS, SPECIALS_OF
+
+        c = self.config
+        if not c.pointers:
+            return super().pointer_logits(batch)
+        h, present, rel = self._nodes(batch["objects"].float())
+        B, N, H = h.shape
+        pair = self.pair_rel(rel) + self.pair_i(h)[:, :, None] + self.pair_j(h)[:, None]  # (B, N_i, N_j, H)
+        to_obj = self.pair_out(pair).permute(0, 1, 3, 2)  # (B, N_i, F, N_j)
+        to_obj = to_obj.masked_fill(~present[:, None, None, :], float("-inf"))
+        special = self.special(h).reshape(B, N, len(c.pointers), len(POINTER_SPECIALS))  # (B, N, F, 3)
+        allowed = torch.tensor([[w in SPECIALS_OF[f] for w in POINTER_SPECIALS] for f in c.pointers],
+                               device=h.device)  # (F, 3)
+        special = special.masked_fill(~allowed, float("-inf"))
+        return torch.cat([special, to_obj], -1)  # (B, N, F, 3 + N)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from sensors.base import COLOR_NAMES
-from sensors.relations import HAND, IGNORE, NOTHING, TABLE, relation_facts
+from sensors.relations import HAND, IGNORE, NOTHING, POINTER_SPECIALS, TABLE, pointer_targets, relation_facts
 
 
 def _row(color: str, z: float, support: int) -> list[float]:
@@ -36,20 +36,42 @@ def test_relation_facts_of_a_known_scene():
     ]
 
 
-def test_relation_pretraining_makes_tokens_carry_the_facts():
-    """Encoder-only steps on real oracle scenes: every fact is predicted from the tokens."""
-    from embodied_lm.data import Example
-    from embodied_lm.model import EmbodiedLM, ModelConfig
-    from embodied_lm.train import TrainConfig, pretrain_relations
+def test_pointer_targets_of_a_known_scene():
+    table, hand, nothing = (POINTER_SPECIALS.index(w) for w in ("table", "hand", "nothing"))
+    obj = {k: len(POINTER_SPECIALS) + k - 1 for k in range(1, 6)}  # pointer index of obj_k
+    ptr = pointer_targets(scene(), ("support", "above", "top"))[0, :6].tolist()
+    assert ptr == [
+        [obj[3], nothing, obj[1]],  # obj_1 on obj_3, the top of its stack
+        [table, obj[3], obj[1]],
+        [obj[2], obj[1], obj[1]],
+        [table, nothing, obj[4]],
+        [hand, nothing, obj[5]],
+        [IGNORE] * 3,
+    ]
+    with pytest.raises(ValueError, match="pointer facts must be among"):
+        pointer_targets(scene(), ("colour",))
+
+
+def _scenes(families, n, split="train", levels=("L1",)):
     from sim.env import EnvConfig, TabletopEnv
     from sim.tasks import generate_specs
 
     env = TabletopEnv(EnvConfig(observe_images=False))
     scenes = []
-    for spec in generate_specs(["p1_grasp", "q2_on_table", "q4_feasible"], ["L1"], 12, 0, "train"):
+    for spec in generate_specs(list(families), list(levels), n, 0, split):
         obs, _ = env.reset(options={"spec": spec})
         scenes.append(obs["objects"])
     env.close()
+    return scenes
+
+
+def test_relation_pretraining_makes_tokens_carry_the_facts():
+    """Encoder-only steps on real oracle scenes: every fact is predicted from the tokens."""
+    from embodied_lm.data import Example
+    from embodied_lm.model import EmbodiedLM, ModelConfig
+    from embodied_lm.train import TrainConfig, pretrain_relations
+
+    scenes = _scenes(["p1_grasp", "q2_on_table", "q4_feasible"], 12)
     m = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen", relation_loss=1.0), seed=0)
     examples = [Example(None, {"objects": o}, "") for o in scenes]
     acc = pretrain_relations(m, examples, TrainConfig(relation_steps=200))
@@ -58,7 +80,7 @@ def test_relation_pretraining_makes_tokens_carry_the_facts():
     tokens = m.sensor_tokens({"objects": batch})
     assert tokens.shape == (4, 16, m.embed.weight.shape[1])
     enc, _ = m.encoder({"objects": batch})
-    assert torch.isfinite(m.relation_loss(enc, tokens, batch))
+    assert torch.isfinite(m.relation_loss(enc, tokens, None, batch))
 
 
 def test_relation_loss_needs_object_tokens():
@@ -81,3 +103,49 @@ def test_multi_token_placeholders_take_consecutive_slots():
     assert m.sensor_tokens({"objects": torch.zeros(1, 16, 12)}).shape[1] == 32
     with pytest.raises(SentenceError, match="only 16 object slots"):
         m.sentence("obj_17 is <obj_17>.", None)
+
+
+def test_referral_tokens_name_what_the_pointers_point_at():
+    """With pointers, each object's tokens end with one referral token per fact: after encoder-only
+    pretraining on real scenes, on unseen test scenes (up to 8 objects) every pointer is right and the
+    referral token is the LM's own embedding of the word pointed at ("3" for obj_3, " table")."""
+    import torch.nn.functional as F
+
+    from embodied_lm.data import Example
+    from embodied_lm.model import EmbodiedLM, ModelConfig, pointer_words
+    from embodied_lm.train import TrainConfig, pretrain_relations
+
+    facts = ("support", "top")
+    m = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen", relation_loss=1.0,
+                               encoder={"tokens_per_object": 1, "pointers": list(facts)}), seed=0)
+    train = _scenes(["p1_grasp", "p2_stack", "q3_on_object"], 12)
+    acc = pretrain_relations(m, [Example(None, {"objects": o}, "") for o in train], TrainConfig(relation_steps=150))
+    assert min(acc.values()) > 0.95, acc
+    test = torch.from_numpy(np.stack(_scenes(["p1_grasp", "q3_on_object"], 4, "test", ("L1", "L2"))))
+    assert min(m.relation_accuracy({"objects": test}).values()) > 0.95
+    with torch.no_grad():
+        slots = m.sensor_tokens({"objects": test})  # (B, 16 * 3, D)
+    assert slots.shape == (len(test), 16 * 3, m.embed.weight.shape[1]) and m.n_slots == 48
+    target = pointer_targets(test, facts)  # (B, 16, 2)
+    words = m.embed(m.pointer_ids).mean(1)  # (3 + 16, D)
+    refer = slots.reshape(len(test), 16, 3, -1)[:, :, 1:]  # (B, 16, 2, D)
+    present = target[..., 0] != IGNORE
+    cos = F.cosine_similarity(refer[present], words[target[present]], dim=-1)  # (P, 2)
+    assert (cos > 0.9).float().mean() > 0.95, cos  # a near one-hot pointer: the word's embedding itself
+    assert (refer[~present] == 0).all()
+    assert pointer_words()[:4] == [" table", " hand", " nothing", "1"]
+
+
+def test_pointers_layout_and_errors():
+    from embodied_lm.model import EmbodiedLM, ModelConfig
+
+    m = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen", relation_loss=1.0,
+                               encoder={"tokens_per_object": 1, "pointers": ["support", "above", "top"]}))
+    s = m.sentence("Scene: obj_1 is <obj_1>. obj_2 is <obj_2>.", "pick obj_2")
+    assert [x for x in s.slots if x >= 0] == [0, 1, 2, 3, 4, 5, 6, 7]
+    with pytest.raises(ValueError, match="trained by the relation loss"):
+        EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen",
+                               encoder={"pointers": ["top"]}))
+    with pytest.raises(ValueError, match="pointers must be distinct facts"):
+        EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen", relation_loss=1.0,
+                               encoder={"pointers": ["colour"]}))
