@@ -129,6 +129,7 @@ class TrainSettings:
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
     relation_steps: int = 0  # encoder-only pretraining steps on the relation loss
     precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU has native bf16) | bf16 | fp32
+    balance: str = "family"  # family: task families equally likely in a batch | step: every example
     projector: str = "mlp"
     checkpoint_every: int = 200
     resume: bool = False  # continue from `checkpoint` if it exists
@@ -147,6 +148,8 @@ class TrainSettings:
             raise ConfigError("train.steps and train.batch_size must be >= 1")
         if self.precision not in ("auto", "bf16", "fp32"):
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
+        if self.balance not in ("family", "step"):
+            raise ConfigError(f"train.balance must be family or step, got {self.balance!r}")
         if self.relation_steps < 0:
             raise ConfigError(f"train.relation_steps must be >= 0, got {self.relation_steps}")
 

@@ -32,6 +32,8 @@ SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at trai
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or made for another config."""
 
+BALANCE = ("step", "family")
+
 
 @dataclass
 class TrainConfig:
@@ -45,6 +47,7 @@ class TrainConfig:
     checkpoint_every: int = 200
     precision: str = "auto"  # auto (bf16 autocast where native) | bf16 | fp32
     relation_steps: int = 0  # encoder-only relation pretraining steps before the LM sees anything
+    balance: str = "step"  # step: every example (plan step) equally likely | family: every task family
 
     def __post_init__(self) -> None:
         if self.relation_steps < 0:
@@ -52,6 +55,8 @@ class TrainConfig:
         for k in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, k) < 1:
                 raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if self.balance not in BALANCE:
+            raise ValueError(f"train.balance must be one of {BALANCE}, got {self.balance!r}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
@@ -98,6 +103,18 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
     return model.relation_accuracy({"objects": objects[:1024].to(device)})
 
 
+def batch_sampler(examples: list[Example], cfg: TrainConfig):
+    """-> draw(rng) giving the example indices of one batch.  ``balance=family``: families equally
+    likely (a question is one example, a 4-step plan four: per step they would be under-trained)."""
+    n = len(examples)
+    if cfg.balance == "step":
+        return lambda rng: rng.integers(n, size=cfg.batch_size)
+    tasks = np.array([e.task for e in examples])
+    _, inverse, counts = np.unique(tasks, return_inverse=True, return_counts=True)
+    p = 1.0 / (counts[inverse] * len(counts))  # (n,): 1 / (families * examples of my family)
+    return lambda rng: rng.choice(n, size=cfg.batch_size, p=p / p.sum())
+
+
 def _lr_scale(step: int, cfg: TrainConfig) -> float:
     if step < cfg.warmup:
         return (step + 1) / cfg.warmup
@@ -112,6 +129,7 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
         raise ValueError("no training examples (is the dataset empty or were all episodes failures?)")
     out_dir = Path(out_dir)
     opt = _optimizer(model, cfg)
+    draw = batch_sampler(examples, cfg)
     rng = np.random.default_rng(cfg.seed)
     state = {"step": 0, "losses": [], "tokens": 0, "train_s": 0.0}
     base_lrs = [g["lr"] for g in opt.param_groups]  # before loading: saved groups carry a scheduled lr
@@ -128,7 +146,7 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
                dynamic_ncols=True)
     t0 = time.perf_counter() - state["train_s"]
     while state["step"] < cfg.steps:
-        idx = rng.integers(len(examples), size=cfg.batch_size)
+        idx = draw(rng)
         batch = make_batch(examples, idx, model.tok.pad_token_id)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * _lr_scale(state["step"], cfg)

@@ -100,19 +100,26 @@ def _examples(model, n=12):
         objects = np.zeros((16, 12), np.float32)
         objects[:4, 0] = 1
         objects[:4, 3:6] = rng.uniform(0, 0.5, (4, 3))
-        s = build_sentence(model.tok, "Obj 1 is <obj_1>. Obj 2 is <obj_2>.\nNext:", f"pick obj_{1 + i % 2}",
-                           kind="objects", n_slots=16)
-        out.append(Example(s, model.encoder.preprocess({"objects": objects}, {}), "p1_grasp"))
+        s = model.sentence("Obj 1 is <obj_1>. Obj 2 is <obj_2>.\nNext:", f"pick obj_{1 + i % 2}")
+        out.append(Example(s, model.encoder.preprocess({"objects": objects}, {}), ("p1_grasp", "q2_on_table")[i % 3 > 0]))
     return out
 
 
-def test_save_load_identical_logits_and_exact_resume(tmp_path):
+POINTERS = {"tokens_per_object": 1, "pointers": ["support", "above", "top"]}
+
+
+@pytest.mark.parametrize("cfg, tcfg", [
+    (ModelConfig(backbone="tiny", sensors="state", mode="full"), {}),
+    # the default recipe's parts: referral tokens, relation pretraining, family-balanced batches
+    (ModelConfig(backbone="tiny", sensors="state", mode="full", encoder=POINTERS, relation_loss=1.0),
+     {"relation_steps": 3, "balance": "family"}),
+], ids=["plain", "pointers"])
+def test_save_load_identical_logits_and_exact_resume(tmp_path, cfg, tcfg):
     from embodied_lm.sentence import collate as collate_text
     from embodied_lm.train import TrainConfig, load_checkpoint, train
     from sensors import collate as collate_sensors
 
-    cfg = ModelConfig(backbone="tiny", sensors="state", mode="full")
-    tcfg = TrainConfig(steps=6, batch_size=4, warmup=2, checkpoint_every=100)
+    tcfg = TrainConfig(steps=6, batch_size=4, warmup=2, checkpoint_every=100, **tcfg)
     a = EmbodiedLM(cfg, seed=0)
     ex = _examples(a)
     full = train(a, ex, tcfg, tmp_path / "a", progress=False)
@@ -162,3 +169,18 @@ def test_smoke_preset_end_to_end(tmp_path):
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
     err = bad.stderr.strip().splitlines()
     assert bad.returncode == 2 and len(err) == 1 and err[0].startswith("error:"), bad.stderr
+
+
+def test_family_balanced_batches():
+    """balance=family draws every task family equally often, however many steps its examples have."""
+    from embodied_lm.data import Example
+    from embodied_lm.train import TrainConfig, batch_sampler
+
+    examples = [Example(None, {}, "p2_stack")] * 90 + [Example(None, {}, "q1_color")] * 10
+    rng = np.random.default_rng(0)
+    for balance, q1_share in (("family", 0.5), ("step", 0.1)):
+        draw = batch_sampler(examples, TrainConfig(batch_size=1000, balance=balance))
+        idx = draw(rng)
+        assert abs(np.mean([examples[i].task == "q1_color" for i in idx]) - q1_share) < 0.05
+    with pytest.raises(ValueError, match="train.balance"):
+        TrainConfig(balance="task")

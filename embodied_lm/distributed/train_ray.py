@@ -4,7 +4,7 @@ Same training as :func:`embodied_lm.train.train` -- the same optimizer groups, w
 gradient clipping, checkpoint format and sampler -- spread over ``num_workers`` processes:
 
 * Every rank draws the **global** batch indices from the same ``numpy`` Generator
-  (``rng.integers(len(examples), size=batch_size)``, exactly the single-process draw) and takes
+  (``batch_sampler``, exactly the single-process draw) and takes
   its slice (``np.array_split(idx, world_size)[rank]``).  The union of the slices is the batch the
   single-process trainer would use at that step, and every rank's Generator stays in the same state.
 * Each rank's loss is its slice's mean cross-entropy, scaled by ``world_size * n_rank / n_global``
@@ -215,6 +215,7 @@ def _train_loop(config: dict) -> None:
     from embodied_lm.train import (
         _lr_scale,
         _optimizer,
+        batch_sampler,
         load_checkpoint,
         make_batch,
         pretrain_relations,
@@ -243,6 +244,7 @@ def _train_loop(config: dict) -> None:
     ddp = ray.train.torch.prepare_model(model)  # to(device); DistributedDataParallel when world > 1
     opt = _optimizer(model, tcfg)
     rng = np.random.default_rng(tcfg.seed)
+    draw = batch_sampler(examples, tcfg)
     # Before load_checkpoint: the optimizer state it loads carries the *scheduled* lr of the saved step,
     # and the schedule must scale the configured lr (embodied_lm.train.train reads them after loading,
     # so its resume rescales an already-scaled lr whenever the saved step's scale is not 1).
@@ -257,7 +259,7 @@ def _train_loop(config: dict) -> None:
     model.train()
     t0 = time.perf_counter() - state["train_s"]
     while state["step"] < tcfg.steps:
-        idx = rng.integers(len(examples), size=tcfg.batch_size)  # the global batch, same on every rank
+        idx = draw(rng)  # the global batch, same on every rank
         mine = np.array_split(idx, world)[rank]
         n_global, n_mine = int(n_answer[idx].sum()), int(n_answer[mine].sum())
         batch = _to_device(make_batch(examples, mine, pad), device)
