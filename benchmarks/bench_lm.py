@@ -1,6 +1,6 @@
 """The embodied LM's speed per backbone: training throughput (tokens/s) and planner latency (ms per step).
 
-Training: the main job's model (state sensors, 2 tokens per object, relation loss, LoRA r=16 on q/v)
+Training: the main job's model (state sensors with referral tokens, relation loss, LoRA r=16 on q/v)
 on real oracle steps from the sim
 (L1, all TAMP families), batch 16, bf16 autocast where the CPU has it (``precision=auto``) and fp32;
 median over timed steps after warm-up.  Planner: ``EmbodiedLMPlanner.act`` (sentence, encoder, KV-cache
@@ -20,9 +20,11 @@ import argparse
 import json
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
+import yaml
 
 from benchmarks.bench_ray_rollouts import load, machine
 from embodied_lm.data import Example, present_slots, prompt_text
@@ -34,6 +36,7 @@ from embodied_lm.train import TrainConfig, _optimizer, make_batch
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import generate_specs
 
+STATE = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/conf/sensors/state.yaml").read_text())
 FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
 
 
@@ -122,8 +125,9 @@ def main() -> None:
     out = {"machine": machine(), "threads": args.threads, "backbones": {}}
     print(f"{'backbone':10} {'train tok/s bf16':>16} {'fp32':>8} {'planner ms/step median':>22} {'p90':>7}  load")
     for name in args.backbones:
-        # the main job's model: state sensors, 2 tokens per object, relation loss (experiments/conf)
-        model = EmbodiedLM(ModelConfig(backbone=name, encoder={"tokens_per_object": 2}, relation_loss=1.0), seed=0)
+        # the main job's model: state sensors as configured in experiments/conf/sensors/state.yaml
+        model = EmbodiedLM(ModelConfig(backbone=name, encoder=dict(STATE["encoder"]),
+                                       relation_loss=STATE["relation_loss"]), seed=0)
         row = {"train_bf16": train_speed(model, steps, "auto", args.batch, args.train_steps),
                "train_fp32": train_speed(model, steps, "fp32", args.batch, args.train_steps),
                "planner": planner_latency(model, steps, args.planner_steps)}
