@@ -101,7 +101,8 @@ def _examples(model, n=12):
         objects[:4, 0] = 1
         objects[:4, 3:6] = rng.uniform(0, 0.5, (4, 3))
         s = model.sentence("Obj 1 is <obj_1>. Obj 2 is <obj_2>.\nNext:", f"pick obj_{1 + i % 2}")
-        out.append(Example(s, model.encoder.preprocess({"objects": objects}, {}), ("p1_grasp", "q2_on_table")[i % 3 > 0]))
+        task = "p1_grasp" if i % 3 == 0 else "q2_on_table"
+        out.append(Example(s, model.encoder.preprocess({"objects": objects}, {}), task))
     return out
 
 

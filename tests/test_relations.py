@@ -119,7 +119,8 @@ def test_referral_tokens_name_what_the_pointers_point_at():
     m = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="frozen", relation_loss=1.0,
                                encoder={"tokens_per_object": 1, "pointers": list(facts)}), seed=0)
     train = _scenes(["p1_grasp", "p2_stack", "q3_on_object"], 12)
-    acc = pretrain_relations(m, [Example(None, {"objects": o}, "") for o in train], TrainConfig(relation_steps=150))
+    examples = [Example(None, {"objects": o}, "") for o in train]
+    acc = pretrain_relations(m, examples, TrainConfig(relation_steps=150))
     assert min(acc.values()) > 0.95, acc
     test = torch.from_numpy(np.stack(_scenes(["p1_grasp", "q3_on_object"], 4, "test", ("L1", "L2"))))
     assert min(m.relation_accuracy({"objects": test}).values()) > 0.95
