@@ -14,7 +14,7 @@ Each row is ``experiments/run.py`` in its own run dir ``OUT/runs/<row>/`` (log i
 ``results.json`` exists is skipped, so an interrupted sweep continues where it stopped (delete a row's
 dir to re-run it).  ``--only A,B`` runs the rows whose label contains A or B.  Extra ``key=value``
 arguments go to every run (``threads=1``).  Writes ``OUT/ablation_table.md``, ``ablation_results.json``
-and ``ablation.png`` (success per family, one bar per row).
+and ``ablation.png`` (a heatmap: rows × families).
 """
 
 from __future__ import annotations
@@ -62,7 +62,6 @@ def run_py(overrides: list[str], run_dir: Path) -> int:
 
 
 def combine(out: Path, table: list[tuple[str, list[str]]]) -> dict:
-    from embodied_lm.results import plot_results
     from embodied_lm.sweep import format_sweep_table
 
     runs = []
@@ -80,10 +79,34 @@ def combine(out: Path, table: list[tuple[str, list[str]]]) -> dict:
     (out / "ablation_table.md").write_text(md + "\n")
     (out / "ablation_results.json").write_text(json.dumps({"schema": 1, "preset": "ablation", "runs": runs},
                                                           indent=2))
-    ok = {r["label"]: r for r in runs if r["status"] == "ok"}
+    ok = [r for r in runs if r["status"] == "ok"]
     if ok:
-        plot_results(ok, out / "ablation.png")
+        heatmap(ok, out / "ablation.png")
     return {"table": md, "runs": runs}
+
+
+def heatmap(runs: list[dict], path: Path) -> None:
+    """Rows × families, L1 success in each cell (19 runs side by side as bars would be unreadable)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    fams = sorted({f for r in runs for f in r["families"]})
+    grid = np.array([[r["families"].get(f, {}).get("L1", {}).get("success_rate", np.nan) for f in fams]
+                     + [r["summary"]["success_rate"]] for r in runs])  # (runs, families + 1)
+    fig, ax = plt.subplots(figsize=(10, 0.38 * len(runs) + 1.6))
+    ax.imshow(grid, cmap="viridis", vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(grid):
+        if not np.isnan(v):
+            ax.text(j, i, f"{v:.0%}", ha="center", va="center", fontsize=8, color="white" if v < 0.6 else "black")
+    ax.set_xticks(range(len(fams) + 1), [*fams, "overall"], rotation=30, ha="right")
+    ax.set_yticks(range(len(runs)), [r["label"] for r in runs], fontsize=8)
+    ax.set_title("L1 success, preset=ablation, 10 test episodes per cell", fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def main(argv: list[str] | None = None) -> int:
