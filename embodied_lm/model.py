@@ -145,11 +145,10 @@ class EmbodiedLM(nn.Module):
         """-> encoder outputs (B, S, d), their projections (B, S, D), pointer logits (B, N, F, 3+N) or None,
         and the sentence tokens (B, n_slots, D): per object its projected tokens, then one referral token
         per pointer fact = the pointer's distribution over ``pointer_words`` times their LM embeddings."""
-        enc, _ = self.encoder(sensors)  # (B, S, d)
+        enc, _, logits = self.encoder.forward_with_pointers(sensors)  # (B, S, d), (B, N, F, 3+N) or None
         tokens = self.projector(enc)  # (B, S, D)
         if self.pointer_ids is None:
             return enc, tokens, None, tokens
-        logits = self.encoder.pointer_logits(sensors)  # (B, N, F, 3+N)
         B, N, F_, K = logits.shape
         words = self.embed(self.pointer_ids[:K]).mean(1)  # (K, D)
         present = (sensors["objects"][..., 0] > 0.5)[..., None, None]  # (B, N, 1, 1)

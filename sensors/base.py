@@ -107,7 +107,7 @@ class Encoder(nn.Module):
 
     @property
     def pointer_facts(self) -> tuple[str, ...]:
-        """Relation facts (sensors/relations.py) this encoder answers with ``pointer_logits``: EmbodiedLM
+        """Relation facts (sensors/relations.py) this encoder answers as pointers: EmbodiedLM
         appends one referral token per fact to each object's tokens (the LM's word for what is pointed at)."""
         return ()
 
@@ -121,9 +121,11 @@ class Encoder(nn.Module):
         """Sentence slots of one observation (``num_tokens`` + referral tokens)."""
         return self.num_tokens + MAX_OBJECTS * len(self.pointer_facts)
 
-    def pointer_logits(self, batch: dict[str, Tensor]) -> Tensor:
-        """(B, N, len(pointer_facts), len(POINTER_SPECIALS) + N) logits over what each fact points at."""
-        raise NotImplementedError(f"{type(self).__name__} has no pointer facts")
+    def forward_with_pointers(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
+        """``forward`` plus, from the same pass, the logits of each object's pointers
+        (B, N, len(pointer_facts), len(POINTER_SPECIALS) + N); None for encoders without pointer facts."""
+        tokens, mask = self(batch)
+        return tokens, mask, None
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
         raise NotImplementedError

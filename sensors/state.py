@@ -99,7 +99,7 @@ class StateEncoder(Encoder):
             self.edge = mlp([EDGE_FEATURES + c.hidden, c.hidden, c.hidden])
             self.update = mlp([3 * c.hidden, c.hidden, c.hidden])
         if c.pointers:
-            from sensors.relations import POINTER_SPECIALS
+            from sensors.relations import POINTER_SPECIALS, SPECIALS_OF
 
             # Pointer of object i to object j: an MLP on (relative position, state of i, state of j), its
             # first layer split per input so that the (B, N, N, H) pair tensor is one broadcast sum.
@@ -108,6 +108,8 @@ class StateEncoder(Encoder):
             self.pair_j = nn.Linear(c.hidden, c.hidden, bias=False)
             self.pair_out = nn.Sequential(nn.GELU(), nn.Linear(c.hidden, len(c.pointers)))
             self.special = nn.Linear(c.hidden, len(c.pointers) * len(POINTER_SPECIALS))
+            allowed = [[w in SPECIALS_OF[f] for w in POINTER_SPECIALS] for f in c.pointers]  # (F, 3)
+            self.register_buffer("special_allowed", torch.tensor(allowed), persistent=False)
         self.out = nn.Sequential(nn.LayerNorm(c.hidden), nn.Linear(c.hidden, c.tokens_per_object * c.dim))
         self.register_buffer("center", torch.tensor(c.xyz_center, dtype=torch.float32), persistent=False)
 
@@ -135,28 +137,24 @@ class StateEncoder(Encoder):
         return h + self.update(torch.cat([h, e_sum, e_max], -1)), present, rel  # (B, N, H)
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor]:
+        tokens, mask, _ = self.forward_with_pointers(batch, pointers=False)
+        return tokens, mask
+
+    def forward_with_pointers(self, batch: dict[str, Tensor], pointers: bool = True):
+        """One pass -> tokens (B, N*m, D), mask (B, N*m) and, with ``pointers`` configured, pointer logits
+        (B, N, F, 3 + N): per object and fact, over POINTER_SPECIALS then the objects; what a fact cannot
+        point at (an absent object, "hand" for top) is -inf."""
         c = self.config
-        h, present, _ = self._nodes(batch["objects"].float())
+        h, present, rel = self._nodes(batch["objects"].float())
         B, N, _ = h.shape
         m = c.tokens_per_object
-        tokens = self.out(h) * present[..., None]  # (B, N, m*D); absent objects are zero
-        return tokens.reshape(B, N * m, c.dim), present.repeat_interleave(m, 1)  # object-major: (B, N*m, D)
-
-    def pointer_logits(self, batch: dict[str, Tensor]) -> Tensor:
-        """(B, N, F, 3 + N): per object and pointer fact, logits over POINTER_SPECIALS then the objects;
-        what a fact cannot point at (an absent object, "hand" for top) is -inf."""
-        from sensors.relations import POINTER_SPECIALS, SPECIALS_OF
-
-        c = self.config
-        if not c.pointers:
-            return super().pointer_logits(batch)
-        h, present, rel = self._nodes(batch["objects"].float())
-        B, N, H = h.shape
+        tokens = (self.out(h) * present[..., None]).reshape(B, N * m, c.dim)  # absent objects are zero
+        mask = present.repeat_interleave(m, 1)  # object-major: (B, N*m)
+        if not (pointers and c.pointers):
+            return tokens, mask, None
         pair = self.pair_rel(rel) + self.pair_i(h)[:, :, None] + self.pair_j(h)[:, None]  # (B, N_i, N_j, H)
         to_obj = self.pair_out(pair).permute(0, 1, 3, 2)  # (B, N_i, F, N_j)
         to_obj = to_obj.masked_fill(~present[:, None, None, :], float("-inf"))
-        special = self.special(h).reshape(B, N, len(c.pointers), len(POINTER_SPECIALS))  # (B, N, F, 3)
-        allowed = torch.tensor([[w in SPECIALS_OF[f] for w in POINTER_SPECIALS] for f in c.pointers],
-                               device=h.device)  # (F, 3)
-        special = special.masked_fill(~allowed, float("-inf"))
-        return torch.cat([special, to_obj], -1)  # (B, N, F, 3 + N)
+        special = self.special(h).reshape(B, N, *self.special_allowed.shape)  # (B, N, F, 3)
+        special = special.masked_fill(~self.special_allowed, float("-inf"))
+        return tokens, mask, torch.cat([special, to_obj], -1)  # (B, N, F, 3 + N)
