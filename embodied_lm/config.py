@@ -130,6 +130,7 @@ class TrainSettings:
     relation_steps: int = 0  # encoder-only pretraining steps on the relation loss
     precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU has native bf16) | bf16 | fp32
     balance: str = "family"  # family: task families equally likely in a batch | step: every example
+    family_weights: dict[str, float] = field(default_factory=dict)  # balance=family: relative odds (default 1)
     projector: str = "mlp"
     checkpoint_every: int = 200
     resume: bool = False  # continue from `checkpoint` if it exists
@@ -150,6 +151,16 @@ class TrainSettings:
             raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
         if self.balance not in ("family", "step"):
             raise ConfigError(f"train.balance must be family or step, got {self.balance!r}")
+        from sim.tasks import FAMILIES
+
+        for fam, w in self.family_weights.items():
+            if fam not in FAMILIES:
+                raise ConfigError(f"train.family_weights: unknown family {fam!r} "
+                                  f"(families: {', '.join(FAMILIES)})")
+            if not isinstance(w, (int, float)) or isinstance(w, bool) or w <= 0:
+                raise ConfigError(f"train.family_weights.{fam} must be a positive number, got {w!r}")
+        if any(w != 1 for w in self.family_weights.values()) and self.balance != "family":
+            raise ConfigError("train.family_weights other than 1 need train.balance=family")
         if self.relation_steps < 0:
             raise ConfigError(f"train.relation_steps must be >= 0, got {self.relation_steps}")
 

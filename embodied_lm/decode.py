@@ -51,30 +51,42 @@ class Trie:
 
 @torch.no_grad()
 def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: int = 16) -> str:
-    """Decode from prefix ``embeds`` (1, T, D).  With ``trie`` only its continuations are allowed."""
+    """Decode from prefix ``embeds`` (1, T, D).  With ``trie`` only its continuations are allowed, and a
+    token the trie forces (" obj" after "pick") is chosen without a forward pass: forced tokens wait in
+    ``pending`` and enter the KV cache together with the next token that needs logits."""
     from transformers import DynamicCache
 
     out = model.body(inputs_embeds=embeds, past_key_values=DynamicCache(), use_cache=True)
     h = out.last_hidden_state[:, -1]  # (1, D)
+    cache = out.past_key_values
     node = trie.root if trie is not None else None
     ids: list[int] = []
+    pending: list[int] = []  # chosen, not yet in the cache
     for _ in range(max_new):
-        logits = model.head(h)[0]  # (V,)
         if node is not None:
             allowed = [t for t in node if t is not None]
-            nxt = allowed[int(torch.argmax(logits[allowed]))]
+            if len(allowed) == 1:
+                nxt = allowed[0]
+            else:
+                if pending:
+                    out = model.body(inputs_embeds=model.embed(torch.tensor([pending])), past_key_values=cache,
+                                     use_cache=True)  # (1, P, D)
+                    h, pending = out.last_hidden_state[:, -1], []
+                logits = model.head(h)[0]  # (V,)
+                nxt = allowed[int(torch.argmax(logits[allowed]))]
             node = node[nxt]
             if nxt == tok.eos_token_id:
                 return node[None]
-        else:
-            nxt = int(torch.argmax(logits))
-            if nxt == tok.eos_token_id:
-                break
-        ids.append(nxt)
-        if node is None and "\n" in tok.decode([nxt]):
+            ids.append(nxt)
+            pending.append(nxt)
+            continue
+        nxt = int(torch.argmax(model.head(h)[0]))
+        if nxt == tok.eos_token_id:
             break
-        emb = model.embed(torch.tensor([[nxt]]))  # (1, 1, D)
-        out = model.body(inputs_embeds=emb, past_key_values=out.past_key_values, use_cache=True)
+        ids.append(nxt)
+        if "\n" in tok.decode([nxt]):
+            break
+        out = model.body(inputs_embeds=model.embed(torch.tensor([[nxt]])), past_key_values=cache, use_cache=True)
         h = out.last_hidden_state[:, -1]
     return tok.decode(ids).strip()
 

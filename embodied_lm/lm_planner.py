@@ -36,6 +36,7 @@ class EmbodiedLMPlanner:
 
             model = load_trained(checkpoint, seed=seed)
         self.model = model.eval()
+        model.merge_lora()
         self.constrained = constrained
         self.precision = precision  # bf16 autocast where native (embodied_lm.model.autocast)
         self.needs_images = model.cfg.sensors != "state"

@@ -105,7 +105,8 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
     t = cfg.train
     tcfg = TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, sensor_lr=t.sensor_lr, warmup=t.warmup,
                        seed=cfg.seed, checkpoint_every=t.checkpoint_every, precision=t.precision,
-                       relation_steps=t.relation_steps, balance=t.balance)
+                       relation_steps=t.relation_steps, balance=t.balance,
+                       family_weights=dict(t.family_weights))
     resume = t.resume and checkpoint.exists()
     if t.backend == "ray":  # DDP on Ray Train workers; the driver loads the result afterwards
         from embodied_lm.distributed.train_ray import train_on_ray

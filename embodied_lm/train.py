@@ -14,7 +14,7 @@ import math
 import os
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -48,6 +48,7 @@ class TrainConfig:
     precision: str = "auto"  # auto (bf16 autocast where native) | bf16 | fp32
     relation_steps: int = 0  # encoder-only relation pretraining steps before the LM sees anything
     balance: str = "step"  # step: every example (plan step) equally likely | family: every task family
+    family_weights: dict[str, float] = field(default_factory=dict)  # balance=family: odds per family (1)
 
     def __post_init__(self) -> None:
         if self.relation_steps < 0:
@@ -57,6 +58,8 @@ class TrainConfig:
                 raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
         if self.balance not in BALANCE:
             raise ValueError(f"train.balance must be one of {BALANCE}, got {self.balance!r}")
+        if any(w <= 0 for w in self.family_weights.values()):
+            raise ValueError(f"train.family_weights must be positive, got {self.family_weights}")
         if self.precision not in PRECISIONS:
             raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
         if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
@@ -105,13 +108,16 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
 
 def batch_sampler(examples: list[Example], cfg: TrainConfig):
     """-> draw(rng) giving the example indices of one batch.  ``balance=family``: families equally
-    likely (a question is one example, a 4-step plan four: per step they would be under-trained)."""
+    likely (a question is one example, a 4-step plan four: per step they would be under-trained), or as
+    likely as ``cfg.family_weights`` says (relative odds, 1 for a family not named; weights of families
+    absent from ``examples`` are unused)."""
     n = len(examples)
     if cfg.balance == "step":
         return lambda rng: rng.integers(n, size=cfg.batch_size)
     tasks = np.array([e.task for e in examples])
-    _, inverse, counts = np.unique(tasks, return_inverse=True, return_counts=True)
-    p = 1.0 / (counts[inverse] * len(counts))  # (n,): 1 / (families * examples of my family)
+    names, inverse, counts = np.unique(tasks, return_inverse=True, return_counts=True)
+    odds = np.array([cfg.family_weights.get(f, 1.0) for f in names])
+    p = odds[inverse] / counts[inverse]  # (n,): my family's odds / examples of my family
     return lambda rng: rng.choice(n, size=cfg.batch_size, p=p / p.sum())
 
 

@@ -43,6 +43,7 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
             sys.executable,
             str(ROOT / "experiments" / "run.py"),
             "planner=oracle",
+            "ray.num_workers=0",
             f"record={path}",
             "eval.episodes=1",
             "eval.levels=[L1]",

@@ -91,6 +91,57 @@ def test_constrained_decoding_never_emits_an_unparsable_step(tiny):
         parse(free)
 
 
+def test_greedy_equals_full_recompute_and_lora_merge_keeps_the_model(tiny):
+    """KV-cache greedy that skips forward passes for forced tokens picks exactly what argmax over the
+    allowed tokens of a full, cache-free forward gives at every position; folding LoRA into the weights
+    for inference keeps logits and plans, and train() takes it out again."""
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0).eval()
+    g = torch.Generator().manual_seed(0)
+    for name, p in model.lm.named_parameters():
+        if "lora_B" in name:  # zero at init: make the adapters matter
+            p.data = torch.randn(p.shape, generator=g) * 0.05
+    objects = np.zeros((16, 12), np.float32)
+    objects[:6, 0] = 1
+    objects[:6, 3:6] = np.random.default_rng(0).uniform(0, 0.5, (6, 3))
+    sent = model.sentence("Scene: obj_1 is <obj_1>. obj_2 is <obj_2>. obj_5 is <obj_5>.\nNext:", None)
+    sensors = {"objects": torch.from_numpy(objects)[None]}
+
+    def brute(trie, embeds):
+        node, ids = trie.root, []
+        while True:
+            x = torch.cat([embeds, model.embed(torch.tensor([ids], dtype=torch.long))], 1)
+            logits = model.head(model.body(inputs_embeds=x).last_hidden_state[:, -1])[0]
+            allowed = [t for t in node if t is not None]
+            nxt = allowed[int(torch.argmax(logits[allowed]))]
+            node = node[nxt]
+            if nxt == model.tok.eos_token_id:
+                return node[None]
+            ids.append(nxt)
+
+    rng = np.random.default_rng(1)
+    with torch.no_grad():
+        embeds = model.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)
+        before = model.head(model.body(inputs_embeds=embeds).last_hidden_state)
+        tries = []
+        for _ in range(12):
+            names = [f"obj_{k}" for k in sorted(rng.choice(np.arange(1, 17), size=int(rng.integers(2, 9)),
+                                                           replace=False))]
+            tries.append(Trie(model.tok, grammar_calls(names, ["block"] * len(names))))
+        plans = [greedy(model, embeds, model.tok, t) for t in tries]
+        assert plans == [brute(t, embeds) for t in tries]
+        assert len(set(plans)) > 1  # the scenes lead to different calls: the comparison has teeth
+        model.merge_lora()
+        assert model.lora_merged
+        merged = model.head(model.body(inputs_embeds=embeds).last_hidden_state)
+        torch.testing.assert_close(merged, before, atol=1e-4, rtol=1e-4)
+        assert [greedy(model, embeds, model.tok, t) for t in tries] == plans
+        model.train()
+        assert not model.lora_merged
+        model.eval()
+        torch.testing.assert_close(model.head(model.body(inputs_embeds=embeds).last_hidden_state), before,
+                                   atol=1e-5, rtol=1e-5)
+
+
 def _examples(model, n=12):
     from embodied_lm.data import Example
 
@@ -173,15 +224,24 @@ def test_smoke_preset_end_to_end(tmp_path):
 
 
 def test_family_balanced_batches():
-    """balance=family draws every task family equally often, however many steps its examples have."""
+    """balance=family draws every task family equally often (or at its family_weights odds), however
+    many steps its examples have; absent families' weights are unused."""
+    from embodied_lm.config import ConfigError, TrainSettings
     from embodied_lm.data import Example
     from embodied_lm.train import TrainConfig, batch_sampler
 
     examples = [Example(None, {}, "p2_stack")] * 90 + [Example(None, {}, "q1_color")] * 10
     rng = np.random.default_rng(0)
-    for balance, q1_share in (("family", 0.5), ("step", 0.1)):
-        draw = batch_sampler(examples, TrainConfig(batch_size=1000, balance=balance))
+    for kw, q1_share in (({"balance": "family"}, 0.5), ({"balance": "step"}, 0.1),
+                         ({"balance": "family", "family_weights": {"p2_stack": 3, "p1_grasp": 9}}, 0.25)):
+        draw = batch_sampler(examples, TrainConfig(batch_size=1000, **kw))
         idx = draw(rng)
         assert abs(np.mean([examples[i].task == "q1_color" for i in idx]) - q1_share) < 0.05
     with pytest.raises(ValueError, match="train.balance"):
         TrainConfig(balance="task")
+    with pytest.raises(ConfigError, match="unknown family 'p2_stak'"):
+        TrainSettings(family_weights={"p2_stak": 3})
+    with pytest.raises(ConfigError, match="p2_stack must be a positive number"):
+        TrainSettings(family_weights={"p2_stack": 0})
+    with pytest.raises(ConfigError, match="need train.balance=family"):
+        TrainSettings(balance="step", family_weights={"p2_stack": 3})

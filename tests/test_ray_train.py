@@ -39,6 +39,7 @@ def dataset(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("ray_train_data")
     path = out / "demos.zarr"
     cmd = [sys.executable, "experiments/run.py", "stage=collect", "planner=embodied_lm", "collect.episodes=2",
+           "ray.num_workers=0",
            f"collect.families=[{','.join(FAMILIES)}]", f"dataset={path}", f"hydra.run.dir={out / 'run'}",
            "eval.progress=false"]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=240)

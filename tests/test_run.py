@@ -14,7 +14,7 @@ from embodied_lm.config import ConfigError, load_run_config
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "experiments" / "conf"
-RUN = [sys.executable, str(ROOT / "experiments" / "run.py")]
+RUN = [sys.executable, str(ROOT / "experiments" / "run.py"), "ray.num_workers=0"]  # serial unless a test asks
 
 
 def _run(*args, timeout=300):
@@ -45,6 +45,23 @@ def test_bad_values_are_config_errors():
             with pytest.raises(ConfigError, match=why.replace(".", r"\.")):
                 load_run_config(cfg)
     assert load_run_config(base).eval.episodes == 10
+
+
+@pytest.mark.ray
+def test_default_preset_rolls_out_on_two_ray_actors(tmp_path):
+    """The main job's preset collects and evaluates on 2 Ray actors; same episodes as serial."""
+    args = ("eval.episodes=1", "eval.levels=[L1]", "eval.families=[p2_stack,q3_on_object]", "eval.progress=false")
+    cmd = [sys.executable, str(ROOT / "experiments" / "run.py"), "planner=oracle", *args]
+    ray_run = subprocess.run([*cmd, f"hydra.run.dir={tmp_path / 'ray'}"], capture_output=True, text=True,
+                             timeout=300, cwd=ROOT)
+    assert ray_run.returncode == 0, ray_run.stderr[-3000:]
+    serial = _run(*args, f"hydra.run.dir={tmp_path / 'serial'}")
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    res = json.loads((tmp_path / "ray" / "results.json").read_text())
+    assert res["ray"]["workers"] == 2 and res["config"]["ray"]["num_workers"] == 2
+    runs = [(tmp_path / d / "episodes.jsonl").read_text().splitlines() for d in ("ray", "serial")]
+    episodes = [[{k: e[k] for k in ("spec", "plan", "success")} for e in map(json.loads, lines)] for lines in runs]
+    assert episodes[0] == episodes[1] and len(episodes[0]) == 2
 
 
 def test_oracle_eval_writes_results(tmp_path):

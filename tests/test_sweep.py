@@ -11,7 +11,7 @@ import yaml
 from embodied_lm.sweep import PLOT_PNG, RESULTS_JSON, TABLE_MD, combine, main
 
 ROOT = Path(__file__).resolve().parents[1]
-RUN = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m"]
+RUN = [sys.executable, str(ROOT / "experiments" / "run.py"), "-m", "ray.num_workers=0"]
 # "++" (add or override): a plain "+" fails once config.yaml enables the callback itself
 CALLBACK = "++hydra.callbacks.combine._target_=embodied_lm.sweep.CombineResults"
 TINY = ["eval.families=[p1_grasp]", "eval.levels=[L1]", "eval.episodes=1"]
