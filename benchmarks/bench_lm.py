@@ -1,6 +1,7 @@
 """The embodied LM's speed per backbone: training throughput (tokens/s) and planner latency (ms per step).
 
-Training: the main job's model (state sensors with referral tokens, relation loss, LoRA r=16 on q/v)
+Training: the main job's model (state sensors with referral tokens, relation loss, LoRA as in
+experiments/conf/config.yaml: r=16 on every linear layer)
 on real oracle steps from the sim
 (L1, all TAMP families), batch 16, bf16 autocast where the CPU has it (``precision=auto``) and fp32;
 median over timed steps after warm-up.  Planner: ``EmbodiedLMPlanner.act`` (sentence, encoder, KV-cache
@@ -36,7 +37,9 @@ from embodied_lm.train import TrainConfig, _optimizer, make_batch
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import generate_specs
 
-STATE = yaml.safe_load((Path(__file__).resolve().parents[1] / "experiments/conf/sensors/state.yaml").read_text())
+CONF = Path(__file__).resolve().parents[1] / "experiments/conf"
+STATE = yaml.safe_load((CONF / "sensors/state.yaml").read_text())
+TRAIN = yaml.safe_load((CONF / "config.yaml").read_text())["train"]
 FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
 
 
@@ -125,9 +128,11 @@ def main() -> None:
     out = {"machine": machine(), "threads": args.threads, "backbones": {}}
     print(f"{'backbone':10} {'train tok/s bf16':>16} {'fp32':>8} {'planner ms/step median':>22} {'p90':>7}  load")
     for name in args.backbones:
-        # the main job's model: state sensors as configured in experiments/conf/sensors/state.yaml
+        # the main job's model: state sensors and LoRA as configured in experiments/conf
         model = EmbodiedLM(ModelConfig(backbone=name, encoder=dict(STATE["encoder"]),
-                                       relation_loss=STATE["relation_loss"]), seed=0)
+                                       relation_loss=STATE["relation_loss"], lora_r=TRAIN["lora_r"],
+                                       lora_alpha=2 * TRAIN["lora_r"], lora_targets=TRAIN["lora_targets"]),
+                           seed=0)
         row = {"train_bf16": train_speed(model, steps, "auto", args.batch, args.train_steps),
                "train_fp32": train_speed(model, steps, "fp32", args.batch, args.train_steps),
                "planner": planner_latency(model, steps, args.planner_steps)}
@@ -135,7 +140,8 @@ def main() -> None:
         print(f"{name:10} {row['train_bf16']['tokens_per_s']:>16.0f} {row['train_fp32']['tokens_per_s']:>8.0f} "
               f"{row['planner']['median_ms']:>22.1f} {row['planner']['p90_ms']:>7.1f}  {load()}", flush=True)
     print(f"(mean {out['backbones'][args.backbones[0]]['train_bf16']['mean_tokens_per_example']} tokens per "
-          "training example; LoRA r=16 on q/v; planner = constrained greedy decoding with a KV cache)")
+          f"training example; LoRA r={TRAIN['lora_r']} on {', '.join(TRAIN['lora_targets'])}; planner = "
+          "constrained greedy decoding with a KV cache, LoRA merged)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=2)

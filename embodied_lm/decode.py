@@ -69,8 +69,8 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
                 nxt = allowed[0]
             else:
                 if pending:
-                    out = model.body(inputs_embeds=model.embed(torch.tensor([pending])), past_key_values=cache,
-                                     use_cache=True)  # (1, P, D)
+                    new = model.embed(torch.tensor([pending], device=embeds.device))  # (1, P, D)
+                    out = model.body(inputs_embeds=new, past_key_values=cache, use_cache=True)
                     h, pending = out.last_hidden_state[:, -1], []
                 logits = model.head(h)[0]  # (V,)
                 nxt = allowed[int(torch.argmax(logits[allowed]))]
@@ -86,7 +86,8 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
         ids.append(nxt)
         if "\n" in tok.decode([nxt]):
             break
-        out = model.body(inputs_embeds=model.embed(torch.tensor([[nxt]])), past_key_values=cache, use_cache=True)
+        new = model.embed(torch.tensor([[nxt]], device=embeds.device))  # (1, 1, D)
+        out = model.body(inputs_embeds=new, past_key_values=cache, use_cache=True)
         h = out.last_hidden_state[:, -1]
     return tok.decode(ids).strip()
 
@@ -109,6 +110,7 @@ def score_candidates(model, embeds: torch.Tensor, tok, candidates: Sequence[str]
     # Reuse the prefix cache for every candidate: expand it along the batch.
     cache = out.past_key_values
     cache.batch_repeat_interleave(C)
+    ids, mask = ids.to(embeds.device), mask.to(embeds.device)
     first = model.head(out.last_hidden_state[:, -1]).log_softmax(-1)[0]  # (V,)
     rest = model.body(inputs_embeds=model.embed(ids[:, :-1]), past_key_values=cache, use_cache=False)
     logp = model.head(rest.last_hidden_state).log_softmax(-1)  # (C, L-1, V)

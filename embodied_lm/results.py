@@ -70,7 +70,8 @@ def format_table(families: dict[str, dict[str, dict[str, Any]]]) -> str:
 
 
 def plot_results(results_by_planner: dict[str, dict[str, Any]], path: str | Path) -> Path:
-    """Grouped bars: success by family × level, one colour per planner."""
+    """Grouped bars: success by family × level, one colour per planner, each bar labelled with its
+    percentage (so 0 % is visible) and cells a family does not have marked n/a."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -89,11 +90,16 @@ def plot_results(results_by_planner: dict[str, dict[str, Any]], path: str | Path
         for i, pl in enumerate(planners):
             fam_cells = results_by_planner[pl]["families"]
             vals = [fam_cells.get(f, {}).get(lv, {}).get("success_rate", np.nan) for f in fams]
-            ax.bar(x + (i - (len(planners) - 1) / 2) * w, vals, w, label=pl)
-        ax.set_ylim(0, 1.05)
+            xs = x + (i - (len(planners) - 1) / 2) * w
+            bars = ax.bar(xs, vals, w, label=pl)
+            ax.bar_label(bars, labels=["" if np.isnan(v) else f"{v:.0%}" for v in vals], fontsize=7, padding=1)
+            for xi, v in zip(xs, vals, strict=True):
+                if np.isnan(v):
+                    ax.text(xi, 0.02, "n/a", ha="center", va="bottom", fontsize=7, color="0.5")
+        ax.set_ylim(0, 1.15)
         ax.set_ylabel(f"{lv} success")
         ax.grid(axis="y", alpha=0.3)
-    axes[0, 0].legend(loc="lower right", fontsize=8)
+    axes[0, 0].legend(loc="lower left", bbox_to_anchor=(0, 1.0), ncol=len(planners), fontsize=8, frameon=False)
     axes[-1, 0].set_xticks(x, fams, rotation=30, ha="right")
     fig.tight_layout()
     path = Path(path)
