@@ -47,6 +47,17 @@ def test_bad_values_are_config_errors():
     assert load_run_config(base).eval.episodes == 10
 
 
+def test_ray_workers_follow_preset_and_embodiment():
+    """The main job's preset runs episodes on 2 Ray actors; a robot runs them serially unless asked
+    otherwise, and asking for workers on one robot is refused."""
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        workers = {o: load_run_config(compose(config_name="config", overrides=o.split())).ray.num_workers
+                   for o in ("preset=default", "preset=smoke", "embodiment=ros")}
+        assert workers == {"preset=default": 2, "preset=smoke": 0, "embodiment=ros": 0}
+        with pytest.raises(ConfigError, match="embodiment=ros drives one robot"):
+            load_run_config(compose(config_name="config", overrides=["embodiment=ros", "ray.num_workers=2"]))
+
+
 @pytest.mark.ray
 def test_default_preset_rolls_out_on_two_ray_actors(tmp_path):
     """The main job's preset collects and evaluates on 2 Ray actors; same episodes as serial."""

@@ -32,7 +32,7 @@ def test_callback_combines_a_real_multirun(tmp_path):
     assert runs["planner=oracle"]["planner"] == "oracle" and runs["planner=random"]["planner"] == "random"
     assert runs["planner=oracle"]["families"]["p1_grasp"]["L1"]["success_rate"] == 1.0
     assert runs["planner=oracle"]["summary"]["success_rate"] == 1.0
-    assert runs["planner=random"]["overrides"] == ["planner=random", *TINY]
+    assert runs["planner=random"]["overrides"] == ["ray.num_workers=0", "planner=random", *TINY]
     table = (tmp_path / TABLE_MD).read_text()
     assert "| run | p1_grasp L1 | overall | episodes | train s | eval s |" in table
     assert "| planner=oracle | 100% | 100% | 1 | 0.0 |" in table
