@@ -283,8 +283,9 @@ def test_yaml_defaults_and_the_sim_endpoint_agree_with_ros_config():
     from sim.ros_endpoint import JOINT_NAMES, EndpointTopics
 
     yaml = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "embodiment" / "ros.yaml"
-    cfg = RosConfig.from_dict(OmegaConf.to_container(OmegaConf.load(yaml)))
-    assert cfg == RosConfig()
+    conf = OmegaConf.to_container(OmegaConf.load(yaml))
+    cfg = RosConfig.from_dict(conf["embodiment"])
+    assert cfg == RosConfig() and conf["ray"] == {"num_workers": 0}  # one robot: serial episodes
     t = EndpointTopics()
     cam = cfg.cameras[0]
     assert (cam.rgb_topic, cam.depth_topic, cam.info_topic, cam.pose_topic) == (
