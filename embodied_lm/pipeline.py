@@ -132,6 +132,8 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
 
 def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, model=None,
                timing: dict[str, float] | None = None) -> Path:
+    import torch
+
     specs = eval_specs(cfg)  # validated before anything runs
     name = cfg.planner.name
     if name == "embodied_lm":
@@ -160,7 +162,9 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, model=No
     n_steps = sum(r.steps for r in rows)
     timing = {"collect_s": 0.0, "train_s": 0.0, **(timing or {}), "eval_s": round(eval_s, 2),
               "planner_ms_per_step": round(sum(r.planner_ms * r.steps for r in rows) / max(n_steps, 1), 3),
-              "sim_steps_per_s": round(sum(r.physics_steps for r in rows) / max(eval_s, 1e-9), 1)}
+              "sim_steps_per_s": round(sum(r.physics_steps for r in rows) / max(eval_s, 1e-9), 1),
+              # threads=null picks the idle cores; bf16 sums differ with the thread count, and so can a model
+              "torch_threads": torch.get_num_threads()}
     results = build_results(cfg.task.name, name, cfg_dict, rows, timing)
     if ray_stats is not None:
         keys = ("workers", "nodes", "retries", "retried_specs", "worker_deaths", "startup_s", "wall_s")
