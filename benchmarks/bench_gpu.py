@@ -31,12 +31,6 @@ STATE = {"tokens_per_object": 1, "pointers": ["support", "above", "top"]}  # con
 LORA = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]  # conf/config.yaml
 
 
-def _to(x, device):
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    return {k: _to(v, device) for k, v in x.items()}
-
-
 def export(dataset: str, out: str, backbone_dir: str | None) -> None:
     from embodied_lm.data import examples_from_store
     from embodied_lm.model import EmbodiedLM, ModelConfig
@@ -58,6 +52,7 @@ def bench(examples_path: str, backbone: str, steps: int, batch_sizes: list[int],
           profile: int = 0) -> dict:
     from embodied_lm.data import Example
     from embodied_lm.decode import Trie, grammar_calls, greedy
+    from embodied_lm.distributed.train_ray import _to_device as _to  # Ray Train's own (imports no Ray)
     from embodied_lm.model import EmbodiedLM, ModelConfig, autocast
     from embodied_lm.train import TrainConfig, load_checkpoint, make_batch, pretrain_relations, save_checkpoint
 
@@ -75,22 +70,27 @@ def bench(examples_path: str, backbone: str, steps: int, batch_sizes: list[int],
     rng = np.random.default_rng(0)
     pad = model.tok.pad_token_id
     out["train"] = {}
+
+    def train_step(bs: int):
+        """One Ray-Train-worker step on a random batch; -> (batch, loss, seconds on the device)."""
+        batch = _to(make_batch(examples, rng.integers(len(examples), size=bs), pad), device)
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        with autocast(device.type, "auto"):
+            loss = model(batch)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        torch.cuda.synchronize()
+        return batch, loss, time.perf_counter() - t
+
+    model.train()
     for bs in batch_sizes:
         losses, tokens, times = [], 0, []
-        model.train()
         for step in range(steps):
-            idx = rng.integers(len(examples), size=bs)
-            batch = _to(make_batch(examples, idx, pad), device)
-            torch.cuda.synchronize()
-            t = time.perf_counter()
-            with autocast(device.type, "auto"):
-                loss = model(batch)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            torch.cuda.synchronize()
+            batch, loss, seconds = train_step(bs)
             if step >= 3:  # warm-up: kernels, allocator
-                times.append(time.perf_counter() - t)
+                times.append(seconds)
                 tokens += int(batch["attention_mask"].sum())
             losses.append(loss.item())
         out["train"][bs] = {"tokens_per_s": round(tokens / sum(times)),
@@ -103,13 +103,7 @@ def bench(examples_path: str, backbone: str, steps: int, batch_sizes: list[int],
 
         with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
             for _ in range(profile):
-                batch = _to(make_batch(examples, rng.integers(len(examples), size=batch_sizes[-1]), pad), device)
-                with autocast(device.type, "auto"):
-                    loss = model(batch)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-            torch.cuda.synchronize()
+                train_step(batch_sizes[-1])
         print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=18), flush=True)
     model.eval()
     probe = _to(make_batch(examples, np.arange(8), pad), device)
