@@ -1,8 +1,10 @@
-"""Typed, validated run configuration behind the Hydra YAML (experiments/conf).
+"""The run configuration: typed dataclasses, the one place every setting has its default and its check.
 
-``load_run_config(cfg)`` merges the composed DictConfig into these dataclasses (OmegaConf checks
-types and refuses unknown keys), then each ``__post_init__`` checks values.  Every problem is a
-``ConfigError`` whose message names the key.
+Hydra (experiments/conf) composes on top of the ``RunConfig`` schema registered here: ``config.yaml``
+only lists the config groups, and a group option (``sensors/vit.yaml``, ``preset/smoke.yaml``) writes
+only what makes it different (tests/test_run.py checks that no YAML restates a default).
+``load_run_config(cfg)`` turns the composed DictConfig into these dataclasses; every ``__post_init__``
+checks values and a problem is a ``ConfigError`` whose message names the key.
 """
 
 from __future__ import annotations
@@ -18,31 +20,52 @@ class ConfigError(ValueError):
     """A configuration value that cannot be used; the message names the key."""
 
 
+STAGES = ("collect", "train", "eval")
+TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
+LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+MODES = ("frozen", "lora", "full")  # frozen: encoder + projector train | lora: + LoRA adapters | full: all
+PROJECTORS = ("linear", "mlp")
+PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast where the CPU/GPU has native bf16
+
+
+def check_choice(key: str, value: Any, choices: tuple | list) -> None:
+    if value not in choices:
+        raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def check_families(key: str, families: list[str] | dict, allow_empty: bool = True) -> None:
+    from sim.tasks import FAMILIES
+
+    unknown = [f for f in families if f not in FAMILIES]
+    if unknown or (not allow_empty and not families):
+        raise ConfigError(f"{key}: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
+
+
 @dataclass
 class WorldSettings:
     image_size: list[int] = field(default_factory=lambda: [128, 128])
     cameras: list[str] = field(default_factory=lambda: ["top", "front"])
-    renderer: str = "tiny"
+    renderer: str = "tiny"  # tiny | egl (EGL plugin; runs on CPU through Mesa)
 
 
 @dataclass
 class TaskConfig:
+    """The PyBullet tabletop suite: PaLM-E TAMP, Language-Table push and Ravens bowl families."""
+
     name: str = "tabletop"
     families: list[str] = field(default_factory=list)  # empty = every registered family
     world: WorldSettings = field(default_factory=WorldSettings)
-    skills: dict[str, str] = field(default_factory=dict)  # verb -> implementation
+    # verb -> implementation in the skill registry (push: scripted | learned)
+    skills: dict[str, str] = field(default_factory=lambda: {"pick": "scripted", "place": "scripted",
+                                                             "push": "scripted"})
 
     def __post_init__(self) -> None:
-        from sim.tasks import FAMILIES
-
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown:
-            raise ConfigError(f"task.families: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
+        check_families("task.families", self.families)
 
 
 @dataclass
 class PlannerConfig:
-    name: str = "oracle"
+    name: str = "embodied_lm"  # embodied_lm | oracle | random | saycan (embodied_lm.planners)
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -56,35 +79,28 @@ class PlannerConfig:
 class EvalConfig:
     episodes: int = 10  # per family and level
     levels: list[str] = field(default_factory=lambda: ["L1", "L2", "L3", "L4"])
-    families: list[str] | None = None  # None = task.families
-    spec: str | None = None  # a JSONL spec file replaces generated specs
-    split: str = "test"
+    families: list[str] | None = None  # None = the trained families (embodied_lm), else task.families
+    spec: str | None = None  # PATH.jsonl: evaluate exactly these episode specs instead
+    split: str = "test"  # seeds from the test range (disjoint from train)
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS
+        from sim.tasks import LEVELS, SEED_SPLITS
 
         if self.episodes < 1:
             raise ConfigError(f"eval.episodes must be >= 1, got {self.episodes}")
         bad = [lv for lv in self.levels if lv not in LEVELS]
         if bad or not self.levels:
             raise ConfigError(f"eval.levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")
-        unknown = [f for f in self.families or [] if f not in FAMILIES]
-        if unknown:
-            raise ConfigError(f"eval.families: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
-        if self.split not in SEED_SPLITS:
-            raise ConfigError(f"eval.split must be one of {list(SEED_SPLITS)}, got {self.split!r}")
-
-
-STAGES = ("collect", "train", "eval")
-TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
+        check_families("eval.families", self.families or [])
+        check_choice("eval.split", self.split, list(SEED_SPLITS))
 
 
 @dataclass
 class SensorsConfig:
-    name: str = "state"  # state | vit | object | pointcloud
-    encoder: dict[str, Any] = field(default_factory=dict)  # encoder config fields (dim, camera, ...)
-    relation_loss: float = 0.0  # weight of the fact-word anchor loss (state with tokens_per_object: 4)
+    name: str = "state"  # state | vit | object | pointcloud (sensors.ENCODERS)
+    encoder: dict[str, Any] = field(default_factory=dict)  # the encoder config's fields (dim, camera, ...)
+    relation_loss: float = 0.0  # weight of the colour-word anchor + pointer loss (sensors/relations.py)
 
     def __post_init__(self) -> None:
         from sensors import ENCODERS
@@ -102,72 +118,67 @@ class BackboneConfig:
 
 @dataclass
 class CollectConfig:
-    episodes: int = 30  # oracle demonstrations per family (train seeds, L1)
+    episodes: int = 100  # oracle demonstrations per family (train seeds)
     families: list[str] = field(default_factory=lambda: list(TAMP_FAMILIES))
     levels: list[str] = field(default_factory=lambda: ["L1"])
     images: bool | None = None  # record camera images; None = only when the sensors need them (not `state`)
 
     def __post_init__(self) -> None:
-        from sim.tasks import FAMILIES
-
-        unknown = [f for f in self.families if f not in FAMILIES]
-        if unknown or not self.families:
-            raise ConfigError(f"collect.families: unknown {unknown}; known: {', '.join(sorted(FAMILIES))}")
+        check_families("collect.families", self.families, allow_empty=False)
         if self.episodes < 1:
             raise ConfigError(f"collect.episodes must be >= 1, got {self.episodes}")
 
 
 @dataclass
-class TrainSettings:
-    mode: str = "lora"  # frozen | lora | full
-    steps: int = 150
-    batch_size: int = 8
-    lr: float = 1e-3
-    sensor_lr: float = 1e-3
-    warmup: int = 30
-    lora_r: int = 16
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    relation_steps: int = 0  # encoder-only pretraining steps on the relation loss
-    precision: str = "auto"  # auto (bf16 autocast where the CPU/GPU has native bf16) | bf16 | fp32
-    balance: str = "family"  # family: task families equally likely in a batch | step: every example
-    family_weights: dict[str, float] = field(default_factory=dict)  # balance=family: relative odds (default 1)
-    projector: str = "mlp"
+class TrainConfig:
+    """How the embodied LM trains (embodied_lm.train) and the parameter-shaping choices it trains with."""
+
+    mode: str = "lora"  # one of MODES
+    steps: int = 180
+    batch_size: int = 16
+    lr: float = 1e-3  # LoRA / full LM parameters
+    sensor_lr: float = 3e-3  # encoder + projector
+    warmup: int = 20
+    weight_decay: float = 0.0
+    lora_r: int = 16  # LoRA alpha is 2 * r
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
+    relation_steps: int = 150  # encoder-only steps on the relation loss first (sensors with relation_loss > 0)
+    balance: str = "family"  # family: task families equally likely per batch | step: every example
+    # balance=family: relative odds of each family in a batch (1 for a family not named)
+    family_weights: dict[str, float] = field(default_factory=lambda: {"p2_stack": 3.0})
+    precision: str = "auto"  # one of PRECISIONS
+    projector: str = "mlp"  # one of PROJECTORS
     checkpoint_every: int = 200
     resume: bool = False  # continue from `checkpoint` if it exists
-    backend: str = "local"  # local | ray (Ray Train TorchTrainer, DDP)
-    num_workers: int = 1  # Ray Train workers (train.backend=ray)
+    backend: str = "local"  # local | ray (Ray Train TorchTrainer, DDP over num_workers)
+    num_workers: int = 1  # Ray Train workers (backend=ray)
     use_gpu: bool = False  # one GPU per Ray Train worker
+    seed: int = 0  # batch sampling and relation pretraining; a run sets it from its `seed`
 
     def __post_init__(self) -> None:
-        if self.backend not in ("local", "ray"):
-            raise ConfigError(f"train.backend must be local or ray, got {self.backend!r}")
-        if self.num_workers < 1:
-            raise ConfigError("train.num_workers must be >= 1")
-        if self.mode not in ("frozen", "lora", "full"):
-            raise ConfigError(f"train.mode must be frozen, lora or full, got {self.mode!r}")
-        if self.steps < 1 or self.batch_size < 1:
-            raise ConfigError("train.steps and train.batch_size must be >= 1")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            raise ConfigError(f"train.precision must be auto, bf16 or fp32, got {self.precision!r}")
-        if self.balance not in ("family", "step"):
-            raise ConfigError(f"train.balance must be family or step, got {self.balance!r}")
-        from sim.tasks import FAMILIES
-
+        check_choice("train.mode", self.mode, MODES)
+        check_choice("train.projector", self.projector, PROJECTORS)
+        check_choice("train.precision", self.precision, PRECISIONS)
+        check_choice("train.balance", self.balance, ("family", "step"))
+        check_choice("train.backend", self.backend, ("local", "ray"))
+        for k in ("steps", "batch_size", "checkpoint_every", "lora_r", "num_workers"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
+        if self.relation_steps < 0 or self.warmup < 0:
+            raise ConfigError("train.relation_steps and train.warmup must be >= 0")
+        if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
+            raise ConfigError("train.lr and train.sensor_lr must be in (0, 1)")
+        check_families("train.family_weights", self.family_weights)
         for fam, w in self.family_weights.items():
-            if fam not in FAMILIES:
-                raise ConfigError(f"train.family_weights: unknown family {fam!r} "
-                                  f"(families: {', '.join(FAMILIES)})")
             if not isinstance(w, (int, float)) or isinstance(w, bool) or w <= 0:
                 raise ConfigError(f"train.family_weights.{fam} must be a positive number, got {w!r}")
         if any(w != 1 for w in self.family_weights.values()) and self.balance != "family":
             raise ConfigError("train.family_weights other than 1 need train.balance=family")
-        if self.relation_steps < 0:
-            raise ConfigError(f"train.relation_steps must be >= 0, got {self.relation_steps}")
 
 
 @dataclass
 class RayConfig:
-    num_workers: int = 0  # 0 = serial in this process; N = N Ray actors, each with its own PyBullet world
+    num_workers: int = 0  # 0 = serial in this process; N = N Ray actors (collect, eval), each its own world
     address: str | None = None  # None = a private local Ray; "auto" / "host:6379" = join a cluster
     max_retries: int = 3  # re-runs of an episode whose worker died
     gpus_per_worker: float = 0.0
@@ -195,16 +206,16 @@ class RunConfig:
     sensors: SensorsConfig = field(default_factory=SensorsConfig)
     backbone: BackboneConfig = field(default_factory=BackboneConfig)
     collect: CollectConfig = field(default_factory=CollectConfig)
-    train: TrainSettings = field(default_factory=TrainSettings)
+    train: TrainConfig = field(default_factory=TrainConfig)
     decode: DecodeConfig = field(default_factory=DecodeConfig)
     ray: RayConfig = field(default_factory=RayConfig)
-    # conf/embodiment/{sim,ros}.yaml: kind + (for ros) the keys of embodied_lm.ros.RosConfig
+    # embodiment=sim | ros: {"kind": "sim"} or {"kind": "ros", **embodied_lm.ros.RosConfig fields}
     embodiment: dict[str, Any] = field(default_factory=lambda: {"kind": "sim"})
     stage: str = "all"  # all | collect | train | eval, or stages joined by "+" (train+eval)
     dataset: str | None = None  # zarr store of demonstrations (default: <run dir>/demos.zarr)
     checkpoint: str | None = None  # checkpoint directory (default: <run dir>/checkpoint)
-    seed: int = 0
-    record: str | None = None  # zarr store to append every evaluated episode to
+    seed: int = 0  # evaluation/train seeds within their splits, model init, batch sampling
+    record: str | None = None  # PATH.zarr: append every evaluated episode to a zarr store
     threads: int | None = None  # torch threads; None = the cores not already busy (pipeline.free_cores)
 
     def __post_init__(self) -> None:
@@ -212,6 +223,7 @@ class RunConfig:
         if self.stage != "all" and (not set(parts) <= set(STAGES) or len(set(parts)) != len(parts)):
             raise ConfigError(f"stage must be all, collect, train or eval, or several joined by '+' "
                               f"(train+eval), got {self.stage!r}")
+        self.train.seed = self.seed  # one seed per run
         kind = self.embodiment.get("kind", "sim")
         if kind == "ros":
             from embodied_lm.ros import RosConfig
@@ -225,11 +237,35 @@ class RunConfig:
         elif kind != "sim" or set(self.embodiment) - {"kind"}:
             raise ConfigError(f"embodiment: kind must be 'sim' (no other keys) or 'ros', got {self.embodiment}")
 
+    @property
+    def stages(self) -> list[str]:
+        """``all`` -> every stage; ``train+eval`` -> those, in pipeline order."""
+        parts = STAGES if self.stage == "all" else self.stage.split("+")
+        return [s for s in STAGES if s in parts]
 
-def run_stages(stage: str) -> list[str]:
-    """``all`` -> every stage; ``train+eval`` -> those, in pipeline order."""
-    parts = STAGES if stage == "all" else stage.split("+")
-    return [s for s in STAGES if s in parts]
+    def model_config(self):
+        """The ``ModelConfig`` this run trains (backbone, sensors and the parameter-shaping train keys)."""
+        from embodied_lm.model import ModelConfig
+
+        t = self.train
+        return ModelConfig(backbone=self.backbone.name, sensors=self.sensors.name,
+                           encoder=dict(self.sensors.encoder), projector=t.projector, mode=t.mode,
+                           lora_r=t.lora_r, lora_targets=list(t.lora_targets),
+                           relation_loss=self.sensors.relation_loss)
+
+
+def register_configs() -> None:
+    """Put the schema (``run_config``) and the Python-built group options into Hydra's ConfigStore."""
+    from hydra.core.config_store import ConfigStore
+
+    from embodied_lm.ros.config import RosConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="run_config", node=RunConfig)
+    # A robot behind rosbridge_server: RosConfig's own defaults, one robot run serially.
+    ros = {"kind": "ros", **OmegaConf.to_container(OmegaConf.structured(RosConfig))}
+    cs.store(group="embodiment", name="ros", package="_global_",
+             node={"embodiment": ros, "ray": {"num_workers": 0}})
 
 
 def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
@@ -243,3 +279,6 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
+
+
+register_configs()

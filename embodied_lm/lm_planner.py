@@ -8,15 +8,15 @@ import numpy as np
 import torch
 
 from embodied_lm.data import present_slots, prompt_text
-from embodied_lm.decode import Trie, grammar_calls, greedy, score_candidates
+from embodied_lm.decode import Trie, greedy, score_candidates
 from embodied_lm.model import autocast
 from embodied_lm.planners import register_planner
-from sim.world import COLOR_NAMES, KINDS
+from skills.vocab import COLOR_NAMES, KINDS, Col, all_calls
 
 
 def _scene_objects(objects: np.ndarray) -> tuple[list[str], list[str]]:
     slots = present_slots(objects)
-    return [f"obj_{k}" for k in slots], [KINDS[int(objects[k - 1, 1])] for k in slots]
+    return [f"obj_{k}" for k in slots], [KINDS[int(objects[k - 1, Col.KIND])] for k in slots]
 
 
 def _cameras(env) -> dict[str, dict[str, Any]]:
@@ -42,6 +42,17 @@ class EmbodiedLMPlanner:
         self.needs_images = model.cfg.sensors != "state"
         self._tries: dict[tuple, Trie] = {}
 
+    @classmethod
+    def run_args(cls, cfg, model=None, checkpoint=None) -> tuple[dict[str, Any], bool]:
+        """The model in this process, or (Ray workers, or no model yet) its checkpoint to load."""
+        from embodied_lm.train import load_trained, read_checkpoint_config
+
+        if cfg.ray.enabled:
+            sensors = read_checkpoint_config(checkpoint)["model"]["sensors"]
+            return {"checkpoint": checkpoint, "constrained": cfg.decode.constrained}, sensors != "state"
+        model = model if model is not None else load_trained(checkpoint, seed=cfg.seed)
+        return {"model": model, "constrained": cfg.decode.constrained}, model.cfg.sensors != "state"
+
     def reset(self, env, obs, info) -> None:
         self.env, self.history = env, []
         self.cameras = _cameras(env) if self.needs_images else {}
@@ -59,7 +70,7 @@ class EmbodiedLMPlanner:
         if self.constrained:
             key = (tuple(names), tuple(kinds))
             if key not in self._tries:
-                self._tries[key] = Trie(m.tok, grammar_calls(names, kinds))
+                self._tries[key] = Trie(m.tok, all_calls(names, kinds))
             trie = self._tries[key]
         with autocast("cpu", self.precision):
             embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
@@ -73,8 +84,9 @@ def describe_scene(objects: np.ndarray) -> str:
     parts = []
     for k in present_slots(objects):
         row = objects[k - 1]
-        parts.append(f"obj_{k} is a {COLOR_NAMES[int(row[2])]} {KINDS[int(row[1])]} at x {row[3]:.2f} "
-                     f"y {row[4]:.2f} z {row[5]:.2f}.")
+        x, y, z = row[Col.XYZ]
+        parts.append(f"obj_{k} is a {COLOR_NAMES[int(row[Col.COLOR])]} {KINDS[int(row[Col.KIND])]} at x {x:.2f} "
+                     f"y {y:.2f} z {z:.2f}.")
     return " ".join(parts)
 
 
@@ -84,6 +96,10 @@ class SayCanPlanner:
     log-likelihood given a text description of the scene; the best one is executed."""
 
     needs_images = False
+
+    @classmethod
+    def run_args(cls, cfg, model=None, checkpoint=None) -> tuple[dict[str, Any], bool]:
+        return {"backbone": cfg.backbone.name}, False
 
     def __init__(self, backbone: str = "smollm2", seed: int = 0):
         from embodied_lm.backbones import load_backbone

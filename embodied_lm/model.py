@@ -3,7 +3,7 @@
     obs ──encoder──▶ (B, S, d) ──projector──▶ (B, S, D) ─┐
     prompt ids ──LM embedding──▶ (B, T, D) ──inject────────┴──▶ LM body ──▶ (B, T, D) ──LM head at answer positions
 
-Training modes: ``frozen`` (only encoder + projector train), ``lora`` (peft LoRA on q/v + encoder +
+Training modes: ``frozen`` (only encoder + projector train), ``lora`` (peft LoRA adapters + encoder +
 projector), ``full`` (everything).  The LM head runs only at answer positions: with a 49k vocabulary,
 full-sequence logits would dominate the cost on a CPU.
 """
@@ -16,10 +16,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from embodied_lm.config import (
+    LORA_ALL_LINEAR,
+    MODES,
+    PRECISIONS,
+    PROJECTORS,
+    BackboneConfig,
+    ConfigError,
+    SensorsConfig,
+    TrainConfig,
+    check_choice,
+)
 from embodied_lm.sentence import IGNORE, inject
-
-MODES = ("frozen", "lora", "full")
-PRECISIONS = ("auto", "bf16", "fp32")
 
 
 def native_bf16(device_type: str) -> bool:
@@ -33,42 +41,42 @@ def native_bf16(device_type: str) -> bool:
 def autocast(device_type: str, precision: str = "auto"):
     """bf16 autocast (fp32 master weights) where it is native -- LoRA training ran 2.2x faster with it on
     the 2-core EPYC dev machine -- or as asked; ``fp32`` (or ``auto`` without native bf16) disables it."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    check_choice("precision", precision, PRECISIONS)
     on = precision == "bf16" or (precision == "auto" and native_bf16(device_type))
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=on)
 
 
 @dataclass
 class ModelConfig:
-    """Everything that shapes the parameters; a checkpoint refuses to load into a different one."""
+    """Everything that shapes the parameters; a checkpoint refuses to load into a different one.
+    Defaults and checks are the run config's (embodied_lm.config.TrainConfig / SensorsConfig)."""
 
-    backbone: str = "smollm2"
-    sensors: str = "state"
+    backbone: str = BackboneConfig.name
+    sensors: str = SensorsConfig.name
     encoder: dict = field(default_factory=dict)  # extra encoder config fields (dim, camera, ...)
-    projector: str = "mlp"  # linear | mlp
-    mode: str = "lora"
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "v_proj"])
-    relation_loss: float = 0.0  # weight of the fact-word anchor loss on object tokens (sensors/relations.py)
+    projector: str = TrainConfig.projector
+    mode: str = TrainConfig.mode
+    lora_r: int = TrainConfig.lora_r
+    lora_alpha: int | None = None  # None = 2 * lora_r
+    lora_targets: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
+    relation_loss: float = SensorsConfig.relation_loss  # fact-word anchor loss weight (sensors/relations.py)
 
     def __post_init__(self) -> None:
-        if self.mode not in MODES:
-            raise ValueError(f"model.mode must be one of {MODES}, got {self.mode!r}")
-        if self.projector not in ("linear", "mlp"):
-            raise ValueError(f"model.projector must be 'linear' or 'mlp', got {self.projector!r}")
+        check_choice("mode", self.mode, MODES)
+        check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
-            raise ValueError(f"model.relation_loss must be >= 0, got {self.relation_loss}")
+            raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")
         if self.lora_r < 1:
-            raise ValueError(f"model.lora_r must be >= 1, got {self.lora_r}")
+            raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
+        if self.lora_alpha is None:
+            self.lora_alpha = 2 * self.lora_r
 
 
 def pointer_words() -> list[str]:
     """What a pointer can name, in the order of its logits: the specials as words, then object k as the
     digits the LM reads after "obj_" ("3" for obj_3)."""
-    from sensors.base import MAX_OBJECTS
     from sensors.relations import POINTER_SPECIALS
+    from skills.vocab import MAX_OBJECTS
 
     return [" " + w for w in POINTER_SPECIALS] + [str(k) for k in range(1, MAX_OBJECTS + 1)]
 

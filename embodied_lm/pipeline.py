@@ -14,9 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-from embodied_lm.config import ConfigError, RunConfig, run_stages
+from embodied_lm.config import ConfigError, RunConfig
 from embodied_lm.evaluate import evaluate
-from embodied_lm.planners import make_planner
+from embodied_lm.planners import make_planner, planner_class
 from embodied_lm.results import build_results, format_table, plot_results, versions, write_results
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import EpisodeSpec, generate_specs, load_specs
@@ -90,28 +90,15 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     return time.perf_counter() - t0
 
 
-def model_config(cfg: RunConfig):
-    from embodied_lm.model import ModelConfig
-
-    return ModelConfig(backbone=cfg.backbone.name, sensors=cfg.sensors.name, encoder=dict(cfg.sensors.encoder),
-                       projector=cfg.train.projector, mode=cfg.train.mode, lora_r=cfg.train.lora_r,
-                       lora_alpha=2 * cfg.train.lora_r, lora_targets=list(cfg.train.lora_targets),
-                       relation_loss=cfg.sensors.relation_loss)
-
-
 def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, dict]:
-    from embodied_lm.train import TrainConfig, load_trained, train
+    from embodied_lm.train import load_trained, train
 
     t = cfg.train
-    tcfg = TrainConfig(steps=t.steps, batch_size=t.batch_size, lr=t.lr, sensor_lr=t.sensor_lr, warmup=t.warmup,
-                       seed=cfg.seed, checkpoint_every=t.checkpoint_every, precision=t.precision,
-                       relation_steps=t.relation_steps, balance=t.balance,
-                       family_weights=dict(t.family_weights))
     resume = t.resume and checkpoint.exists()
     if t.backend == "ray":  # DDP on Ray Train workers; the driver loads the result afterwards
         from embodied_lm.distributed.train_ray import train_on_ray
 
-        state = train_on_ray(model_config(cfg), tcfg, str(dataset), str(checkpoint), num_workers=t.num_workers,
+        state = train_on_ray(cfg.model_config(), t, str(dataset), str(checkpoint), num_workers=t.num_workers,
                              use_gpu=t.use_gpu, families=cfg.collect.families, resume=resume,
                              address=cfg.ray.address, progress=cfg.eval.progress)
         model, n_examples = load_trained(checkpoint, seed=cfg.seed), state["examples"]
@@ -119,9 +106,9 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
         from embodied_lm.data import examples_from_store
         from embodied_lm.model import EmbodiedLM
 
-        model = EmbodiedLM(model_config(cfg), seed=cfg.seed)
+        model = EmbodiedLM(cfg.model_config(), seed=cfg.seed)
         examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families)
-        state = train(model, examples, tcfg, checkpoint, resume=checkpoint if resume else None,
+        state = train(model, examples, t, checkpoint, resume=checkpoint if resume else None,
                       progress=cfg.eval.progress)
         n_examples = len(examples)
     tps = state["tokens"] / max(state["train_s"], 1e-9)
@@ -130,26 +117,15 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
     return model, state
 
 
-def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, model=None,
+def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: list[EpisodeSpec], model=None,
                timing: dict[str, float] | None = None) -> Path:
     import torch
 
-    specs = eval_specs(cfg)  # validated before anything runs
     name = cfg.planner.name
-    if name == "embodied_lm":
-        from embodied_lm.train import load_trained
-
-        checkpoint = _checkpoint(cfg, run_dir, must_exist=model is None or cfg.ray.enabled)
-        if cfg.ray.enabled:  # workers load the checkpoint themselves
-            kwargs = {"checkpoint": str(checkpoint), "constrained": cfg.decode.constrained}
-        else:
-            kwargs = {"model": model if model is not None else load_trained(checkpoint, seed=cfg.seed),
-                      "constrained": cfg.decode.constrained}
-        needs_images = cfg.sensors.name != "state" if model is None else model.cfg.sensors != "state"
-    elif name == "saycan":
-        kwargs, needs_images = {"backbone": cfg.backbone.name}, False
-    else:
-        kwargs, needs_images = {"seed": cfg.planner.seed}, False
+    checkpoint = None
+    if name == "embodied_lm":  # Ray workers load the checkpoint themselves
+        checkpoint = str(_checkpoint(cfg, run_dir, must_exist=model is None or cfg.ray.enabled))
+    kwargs, needs_images = planner_class(name).run_args(cfg, model=model, checkpoint=checkpoint)
     with contextlib.ExitStack() as stack:
         recorder = None
         if cfg.record:
@@ -221,26 +197,60 @@ def free_cores(window_s: float = 0.5) -> int:
     return max(1, min(cores, round(cores - busy)))
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run; the message says what was kept and where."""
+
+
+def kept_outputs(cfg: RunConfig, run_dir: Path) -> str:
+    """What an interrupted run leaves that is valid: demonstrations, a checkpoint, recorded episodes."""
+    from embodied_lm.datasets import ReplayReader
+    from embodied_lm.train import CheckpointError, read_checkpoint_config
+
+    kept = []
+    for what, path in (("demonstrations", _dataset(cfg, run_dir)), ("recorded episodes", cfg.record)):
+        if path and Path(path).exists():
+            with contextlib.suppress(ValueError):  # not a valid store: nothing kept there
+                kept.append(f"{ReplayReader(path).n_episodes} {what} in {path}")
+    checkpoint = _checkpoint(cfg, run_dir)
+    try:
+        read_checkpoint_config(checkpoint)
+        step = json.loads((checkpoint / "state.json").read_text())["step"]
+        kept.append(f"checkpoint at step {step} in {checkpoint}")
+    except CheckpointError:
+        pass
+    return "; ".join(kept) or "nothing"
+
+
 def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path | None:
-    """Entry point behind experiments/run.py; returns the results.json path (None for collect/train only)."""
+    """Entry point behind experiments/run.py; returns the results.json path (None for collect/train only).
+    Every input is checked before the first stage starts; Ctrl-C raises ``Interrupted``."""
     import torch
 
     torch.set_num_threads(cfg.threads or free_cores())
     run_dir = Path(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
     lm = cfg.planner.name == "embodied_lm"
-    stages = run_stages(cfg.stage) if lm or cfg.stage != "all" else ["eval"]
+    stages = cfg.stages if lm or cfg.stage != "all" else ["eval"]
     if not lm and "train" in stages:
         raise ConfigError(f"stage={cfg.stage} needs planner=embodied_lm ({cfg.planner.name} only evaluates)")
+    # Validate before spending: a bad spec line or a missing input fails now, not after training.
+    specs = eval_specs(cfg) if "eval" in stages else []
+    if "train" in stages and "collect" not in stages:
+        _dataset(cfg, run_dir, must_exist=True)
+    if "eval" in stages and "train" not in stages and lm:
+        _checkpoint(cfg, run_dir, must_exist=True)
+    run_dir.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
     model = None
-    if "collect" in stages:
-        timing["collect_s"] = round(collect(cfg, cfg_dict, _dataset(cfg, run_dir)), 2)
-    if "train" in stages:
-        model, state = train_stage(cfg, _dataset(cfg, run_dir, must_exist=True), _checkpoint(cfg, run_dir))
-        timing["train_s"] = round(state["train_s"], 2)
-        timing["train_tokens_per_s"] = round(state["tokens"] / max(state["train_s"], 1e-9), 1)
-        (run_dir / "train_losses.json").write_text(json.dumps(state["losses"]))
-    if "eval" in stages:
-        return eval_stage(cfg, cfg_dict, run_dir, model, timing)
+    try:
+        if "collect" in stages:
+            timing["collect_s"] = round(collect(cfg, cfg_dict, _dataset(cfg, run_dir)), 2)
+        if "train" in stages:
+            model, state = train_stage(cfg, _dataset(cfg, run_dir, must_exist=True), _checkpoint(cfg, run_dir))
+            timing["train_s"] = round(state["train_s"], 2)
+            timing["train_tokens_per_s"] = round(state["tokens"] / max(state["train_s"], 1e-9), 1)
+            (run_dir / "train_losses.json").write_text(json.dumps(state["losses"]))
+        if "eval" in stages:
+            return eval_stage(cfg, cfg_dict, run_dir, specs, model, timing)
+    except KeyboardInterrupt:
+        raise Interrupted(f"interrupted; kept: {kept_outputs(cfg, run_dir)}") from None
     return None

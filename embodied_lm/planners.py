@@ -16,6 +16,12 @@ class Planner(Protocol):
     name: str
     needs_images: bool  # False: the env may skip rendering
 
+    @classmethod
+    def run_args(cls, cfg, model=None, checkpoint: str | None = None) -> tuple[dict[str, Any], bool]:
+        """(constructor kwargs, needs images) for a run config; kwargs must pickle (Ray workers build
+        the planner themselves).  ``model``: a model already in this process; ``checkpoint``: its path."""
+        ...
+
     def reset(self, env: TabletopEnv, obs: dict[str, Any], info: dict[str, Any]) -> None: ...
 
     def act(self, obs: dict[str, Any], info: dict[str, Any]) -> str:
@@ -47,19 +53,31 @@ def _load_lm_planners() -> None:
     from embodied_lm import lm_planner  # noqa: F401  (registers embodied_lm and saycan)
 
 
-def make_planner(name: str, **kwargs: Any) -> Planner:
+def planner_class(name: str) -> type:
     if name not in PLANNERS:
         _load_lm_planners()
     if name not in PLANNERS:
         raise ValueError(f"unknown planner {name!r}; known: {', '.join(sorted(PLANNERS))}")
-    return PLANNERS[name](**kwargs)
+    return PLANNERS[name]
+
+
+def make_planner(name: str, **kwargs: Any) -> Planner:
+    return planner_class(name)(**kwargs)
+
+
+class SeededBaseline:
+    """A baseline whose only argument is ``planner.seed`` and that never looks at images."""
+
+    needs_images = False
+
+    @classmethod
+    def run_args(cls, cfg, model=None, checkpoint=None) -> tuple[dict[str, Any], bool]:
+        return {"seed": cfg.planner.seed}, False
 
 
 @register_planner("oracle")
-class OraclePlanner:
+class OraclePlanner(SeededBaseline):
     """Upper bound: the task family's oracle on privileged state, re-planned every step."""
-
-    needs_images = False
 
     def __init__(self, seed: int = 0):
         self.env: TabletopEnv | None = None
@@ -72,10 +90,8 @@ class OraclePlanner:
 
 
 @register_planner("random")
-class RandomPlanner:
+class RandomPlanner(SeededBaseline):
     """Lower bound: a uniformly random call among those possible now (or a random answer)."""
-
-    needs_images = False
 
     def __init__(self, seed: int = 0):
         self.seed = seed

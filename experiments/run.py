@@ -17,6 +17,8 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
+import embodied_lm.config  # noqa: E402,F401  (registers the RunConfig schema in Hydra's ConfigStore)
+
 CONF = str(Path(__file__).resolve().parent / "conf")
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)
 
@@ -43,16 +45,23 @@ def check_overrides(argv: list[str]) -> None:
 @hydra.main(version_base=None, config_path="conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from embodied_lm.config import load_run_config
-    from embodied_lm.pipeline import run
+    from embodied_lm.pipeline import Interrupted, run
 
     try:
         run_cfg = load_run_config(cfg)
         path = run(run_cfg, OmegaConf.to_container(cfg, resolve=True), HydraConfig.get().runtime.output_dir)
     except USER_ERRORS as e:
         fail(str(e).splitlines()[0] if str(e) else type(e).__name__)
+    except Interrupted as e:
+        print(e, file=sys.stderr)
+        sys.exit(130)  # the shell's code for SIGINT
     print(path)
 
 
 if __name__ == "__main__":
-    check_overrides(sys.argv[1:])
-    main()
+    try:
+        check_overrides(sys.argv[1:])
+        main()
+    except KeyboardInterrupt:  # before the pipeline started: nothing was written
+        print("interrupted; kept: nothing", file=sys.stderr)
+        sys.exit(130)

@@ -39,12 +39,53 @@ def test_bad_values_are_config_errors():
     with initialize_config_dir(config_dir=str(CONF), version_base=None):
         base = compose(config_name="config")
         for override, why in [("eval.episodes=0", "eval.episodes"), ("eval.levels=[L7]", "eval.levels"),
-                              ("eval.episodes=lots", "eval.episodes"), ("task.families=[p9]", "task.families"),
-                              ("planner.name=gpt", "planner.name")]:
+                              ("task.families=[p9]", "task.families"), ("planner.name=gpt", "planner.name"),
+                              ("train.precision=fp16", "train.precision"), ("train.mode=half", "train.mode")]:
             cfg = compose(config_name="config", overrides=[override])
             with pytest.raises(ConfigError, match=why.replace(".", r"\.")):
                 load_run_config(cfg)
+        # a value of the wrong type is refused while composing, against the RunConfig schema
+        with pytest.raises(Exception, match=r"eval\.episodes"):
+            compose(config_name="config", overrides=["eval.episodes=lots"])
     assert load_run_config(base).eval.episodes == 10
+
+
+def _leaves(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict) and v and k not in ("family_weights", "encoder"):  # free-form dicts: leaves
+            yield from _leaves(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def test_every_setting_has_one_default():
+    """Defaults live in embodied_lm.config's dataclasses only: config.yaml picks groups, and a group
+    option or preset writes only what differs from the schema (a restated default could drift)."""
+    import dataclasses
+
+    import yaml
+
+    from embodied_lm.config import RunConfig, SensorsConfig
+
+    schema = dataclasses.asdict(RunConfig())
+    top = yaml.safe_load((CONF / "config.yaml").read_text())
+    assert set(top) == {"defaults", "hydra"}, "config.yaml writes values: they belong in embodied_lm/config.py"
+    for group, option in _groups():
+        node = yaml.safe_load((CONF / group / f"{option}.yaml").read_text()) or {}
+        text = (CONF / group / f"{option}.yaml").read_text()
+        root = node if "@package _global_" in text else {group: node}
+        for key, value in _leaves(root):
+            if key.endswith(".name") and key.count(".") == 1:
+                continue  # the option's own name
+            default = schema
+            for part in key.split("."):
+                default = default[part]
+            assert value != default, f"{group}/{option}.yaml restates the default {key}={value!r}"
+    # what a run composes (without the main job's preset) is the dataclasses' defaults + the state sensors
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        composed = load_run_config(compose(config_name="config", overrides=["~preset"]))
+    state = yaml.safe_load((CONF / "sensors" / "state.yaml").read_text())
+    assert dataclasses.asdict(composed) == dataclasses.asdict(RunConfig(sensors=SensorsConfig(**state)))
 
 
 def test_ray_workers_follow_preset_and_embodiment():
