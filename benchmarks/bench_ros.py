@@ -1,7 +1,8 @@
 """ROS bridge latency: observation received -> skill command sent, the model excluded.
 
-The robot is the sim endpoint (``python -m sim.ros_endpoint``, a separate process by default) on
-127.0.0.1; the bridge (roslibpy, asyncio transport) drives oracle episodes through it.  Per command:
+The robot is the sim endpoint (``python -m embodied_lm.ros.testing.sim_endpoint``, a separate process by
+default) on 127.0.0.1; the bridge (roslibpy, asyncio transport) drives oracle episodes through it.  Per
+command:
 
 * decode      - validating and decoding the observation's messages in the roslibpy thread (images:
                 base64 -> numpy) — overlaps with the arrival of the others, reported separately;
@@ -53,14 +54,15 @@ def machine() -> str:
 @contextlib.contextmanager
 def endpoint(inprocess: bool, size: tuple[int, int]):
     if inprocess:
+        from embodied_lm.ros.testing.sim_endpoint import SimRobotEndpoint
         from sim.env import EnvConfig
-        from sim.ros_endpoint import SimRobotEndpoint
         from sim.world import WorldConfig
 
         with SimRobotEndpoint(EnvConfig(world=WorldConfig(image_size=size))) as ep:
             yield ep.port
         return
-    cmd = [sys.executable, "-m", "sim.ros_endpoint", "--port", "0", "--image-size", *map(str, size)]
+    cmd = [sys.executable, "-m", "embodied_lm.ros.testing.sim_endpoint", "--port", "0", "--image-size",
+           *map(str, size)]
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()

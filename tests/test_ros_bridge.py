@@ -1,7 +1,8 @@
 """The ROS bridge end to end over 127.0.0.1: roslibpy (asyncio) <-> rosbridge v2 server <-> sim robot.
 
-Every network wait in these tests has a timeout; the robot is ``sim.ros_endpoint.SimRobotEndpoint``
-(in-process) or ``python -m sim.ros_endpoint`` (a subprocess, for the dropped-connection tests).
+Every network wait in these tests has a timeout; the robot is
+``embodied_lm.ros.testing.sim_endpoint.SimRobotEndpoint`` (in-process) or
+``python -m embodied_lm.ros.testing.sim_endpoint`` (a subprocess, for the dropped-connection tests).
 """
 
 import contextlib
@@ -23,9 +24,12 @@ import roslibpy
 from embodied_lm.evaluate import evaluate, run_episode
 from embodied_lm.planners import make_planner
 from embodied_lm.ros import EStopEngaged, RosConfig, RosConnectionError, RosEmbodiment
+from embodied_lm.ros.messages import image_msg, ros_header
+from embodied_lm.ros.testing.server import RosbridgeServer, _ProtocolError
+from embodied_lm.ros.testing.sim_endpoint import SimRobotEndpoint
 from sim.env import EnvConfig, TabletopEnv
-from sim.ros_endpoint import RosbridgeServer, SimRobotEndpoint, _ProtocolError, image_msg, ros_header
 from sim.tasks import EpisodeSpec, generate_specs, load_specs, save_specs
+from skills.vocab import COLOR_NAMES
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = EpisodeSpec("p2_stack", {"order": ["red", "blue"]}, 4, 11)
@@ -78,27 +82,20 @@ def test_rosbridge_server_speaks_the_protocol_to_roslibpy():
             assert got_a.get(timeout=2) == {"data": "from client"}  # fan-out to other clients
             assert got_server.get(timeout=2) == {"data": "from client"}
 
-            server.advertise_service("/add", "rospy_tutorials/AddTwoInts",
-                                     lambda args: ({"sum": args["a"] + args["b"]}, True))
+            server.advertise_service("/add", lambda args: {"sum": args["a"] + args["b"]})
+            server.advertise_service("/fail", lambda args: 1 / 0)
             time.sleep(0.1)
             srv = roslibpy.Service(a, "/add", "rospy_tutorials/AddTwoInts")
             assert srv.call(roslibpy.ServiceRequest({"a": 2, "b": 3}), timeout=2)["sum"] == 5
             with pytest.raises(roslibpy.core.ServiceException, match="does not exist"):
                 roslibpy.Service(a, "/nope", "std_srvs/Trigger").call(roslibpy.ServiceRequest(), timeout=2)
+            with pytest.raises(roslibpy.core.ServiceException, match="/fail failed"):
+                roslibpy.Service(a, "/fail", "std_srvs/Trigger").call(roslibpy.ServiceRequest(), timeout=2)
 
-            hosted = roslibpy.Service(b, "/echo", "std_srvs/Trigger")  # a service hosted by a client
-            hosted.advertise(lambda req, resp: resp.update(success=True, message="pong") or True)
-            time.sleep(0.2)
-            resp = roslibpy.Service(a, "/echo", "std_srvs/Trigger").call(roslibpy.ServiceRequest(), timeout=2)
-            assert resp["message"] == "pong"
-
-            throttled = queue.Queue()
-            roslibpy.Topic(b, "/chatter", "std_msgs/String", throttle_rate=500).subscribe(throttled.put)
-            time.sleep(0.2)
-            for i in range(5):
-                server.publish("/chatter", {"data": str(i)})
-            time.sleep(0.3)
-            assert throttled.qsize() == 1  # at most one message per 500 ms
+            server.publish("/calibration", {"data": "latched"}, "std_msgs/String", latch=True)
+            late = queue.Queue()  # a latched message reaches a later subscriber, like /tf_static
+            roslibpy.Topic(b, "/calibration", "std_msgs/String").subscribe(late.put)
+            assert late.get(timeout=2) == {"data": "latched"}
         finally:
             a.close()
             b.close()
@@ -109,9 +106,7 @@ def test_protocol_errors_follow_the_spec():
     server._topics["/chatter"] = "std_msgs/String"
 
     class Fake:
-        advertised: set = set()
         subs: dict = {}
-        last_sent: dict = {}
 
     with pytest.raises(_ProtocolError, match="does not exist"):
         server._op_publish(Fake(), {"op": "publish", "topic": "/nope", "msg": {"data": "x"}})
@@ -292,10 +287,10 @@ def test_estop_ends_the_episode_at_once_and_blocks_the_next(endpoint, caplog):
 
 @contextlib.contextmanager
 def _endpoint_process(*args: str):
-    """``python -m sim.ros_endpoint --port 0`` in a subprocess; yields (process, port)."""
+    """``python -m embodied_lm.ros.testing.sim_endpoint --port 0`` in a subprocess; yields (process, port)."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "sim.ros_endpoint", "--port", "0", *args], cwd=ROOT, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    cmd = [sys.executable, "-m", "embodied_lm.ros.testing.sim_endpoint", "--port", "0", *args]
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(x) for x in proc.stdout], daemon=True).start()
     try:
@@ -377,3 +372,21 @@ def test_a_robot_without_sim_services_has_no_oracle_and_needs_an_instruction(end
         timer.join()
         assert obs["instruction"] == "stack the red block on the blue block" and info["max_steps"] == 20
         assert obs["objects"][:, 0].sum() >= 3
+        assert "done" in bridge.valid_actions() and not [a for a in bridge.valid_actions() if "answer" in a]
+        # A question: the caller says which answers it allows (no task family on a real robot).
+        with pytest.raises(ValueError, match="answers"):
+            bridge.reset(options={"instruction": "Is the red block on the table?", "answers": ["maybe"]})
+        timer = threading.Timer(0.3, endpoint.publish_sensors)
+        timer.start()
+        bridge.reset(options={"instruction": "Is the red block on the table?", "answers": ["yes", "no"]})
+        timer.join()
+        assert bridge.valid_actions() == ["answer yes", "answer no"]
+
+
+def test_a_question_s_answers_come_with_the_episode(bridge):
+    spec = generate_specs(["q1_color"], ["L1"], episodes=1, split="test")[0]
+    bridge.reset(options={"spec": spec})
+    assert bridge.valid_actions() == [f"answer {c}" for c in COLOR_NAMES]  # from the sim's reset reply
+    assert bridge.oracle_action() in bridge.valid_actions()
+    bridge.reset(options={"spec": SPEC})
+    assert "done" in bridge.valid_actions() and not [a for a in bridge.valid_actions() if "answer" in a]

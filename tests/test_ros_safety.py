@@ -3,13 +3,17 @@
 import base64
 import json
 import math
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from embodied_lm.ros import messages as rm
 from embodied_lm.ros.config import CameraTopics, RosConfig
+from embodied_lm.ros.messages import camera_info_msg, image_msg, pose_msg, ros_header
 from embodied_lm.ros.perception import (
     PerceivedObject,
     SlotTracker,
@@ -28,8 +32,9 @@ from embodied_lm.ros.safety import (
     estop_engaged,
     header_stamp,
 )
-from sim.ros_endpoint import camera_info_msg, image_msg, matrix_to_quat, pose_msg, ros_header
-from sim.world import COLOR_NAMES, COLORS
+from skills.vocab import COLOR_NAMES, COLORS
+
+ROOT = Path(__file__).resolve().parents[1]
 
 BOX = WorkspaceBox((0.25, 0.75), (-0.35, 0.35), (-0.01, 0.40))
 
@@ -158,9 +163,11 @@ def test_camera_info_joint_state_and_pose():
     with pytest.raises(Rejected, match="missing"):
         rm.read_joint_state({"header": ros_header(1.0, ""), "name": ["a"], "position": [1.0]}, names)
     R = np.array([[0.0, -1, 0], [1, 0, 0], [0, 0, 1]])
-    T, _ = rm.read_pose_stamped(pose_msg([0.1, 0.2, 0.3], matrix_to_quat(R), ros_header(1.0, "world")))
+    T, _ = rm.read_pose_stamped(pose_msg([0.1, 0.2, 0.3], rm.matrix_to_quat(R), ros_header(1.0, "world")))
     assert np.allclose(T[:3, :3], R) and np.allclose(T[:3, 3], [0.1, 0.2, 0.3])
-    assert np.allclose(rm.matrix_to_quat(R), matrix_to_quat(R))
+    assert np.allclose(rm.matrix_to_quat(R), [0, 0, math.sqrt(0.5), math.sqrt(0.5)])  # 90 degrees about z
+    down = np.diag([1.0, -1.0, -1.0])  # a top-down gripper / camera: 180 degrees about x
+    assert np.allclose(rm.quat_to_matrix(rm.matrix_to_quat(down)), down)
     with pytest.raises(Rejected, match="unit quaternion"):
         rm.read_pose_stamped(pose_msg([0, 0, 0], [0, 0, 0, 2], ros_header(1.0, "world")))
 
@@ -275,23 +282,38 @@ def test_slot_tracker_keeps_names_and_the_held_block():
     assert {o.color: k for k, o in again.items()} == names and not again[names["red"]].held
 
 
-def test_yaml_defaults_and_the_sim_endpoint_agree_with_ros_config():
-    from pathlib import Path
+def test_topic_and_joint_names_are_written_once():
+    """``RosConfig``'s defaults and ``messages.JOINT_NAMES`` are the only names: the sim endpoint publishes
+    on a ``RosConfig`` and the MCAP export takes the same joint names."""
+    from embodied_lm.datasets import mcap
+    from embodied_lm.ros.testing.sim_endpoint import SimRobotEndpoint
 
-    from omegaconf import OmegaConf
+    assert RosConfig().joint_names == rm.JOINT_NAMES and tuple(mcap.JOINT_NAMES) == rm.JOINT_NAMES
+    assert SimRobotEndpoint().topics == RosConfig()
 
-    from sim.ros_endpoint import JOINT_NAMES, EndpointTopics
 
-    yaml = Path(__file__).resolve().parents[1] / "experiments" / "conf" / "embodiment" / "ros.yaml"
-    conf = OmegaConf.to_container(OmegaConf.load(yaml))
-    cfg = RosConfig.from_dict(conf["embodiment"])
-    assert cfg == RosConfig() and conf["ray"] == {"num_workers": 0}  # one robot: serial episodes
-    t = EndpointTopics()
-    cam = cfg.cameras[0]
-    assert (cam.rgb_topic, cam.depth_topic, cam.info_topic, cam.pose_topic) == (
-        t.rgb.format(cam="top"), t.depth.format(cam="top"), t.camera_info.format(cam="top"),
-        t.camera_pose.format(cam="top"))
-    assert (cfg.joint_states_topic, cfg.ee_pose_topic, cfg.command_topic, cfg.result_topic, cfg.estop_topic,
-            cfg.reset_service, cfg.oracle_service) == (t.joint_states, t.ee_pose, t.command, t.result, t.estop,
-                                                       t.reset_service, t.oracle_service)
-    assert cfg.joint_names == JOINT_NAMES
+_BLOCK_SIM = """
+import sys
+
+class BlockSim:
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in ("sim", "pybullet"):
+            raise ImportError(f"{name} is blocked: the ROS bridge must not need the simulator")
+
+sys.meta_path.insert(0, BlockSim())
+import embodied_lm.ros, embodied_lm.ros.bridge, embodied_lm.ros.config, embodied_lm.ros.messages
+import embodied_lm.ros.perception, embodied_lm.ros.safety
+from embodied_lm.ros import RosConfig, RosEmbodiment
+
+bridge = RosEmbodiment(RosConfig(), connect=False)
+assert bridge.valid_actions() == ["done"], bridge.valid_actions()  # (no scene perceived yet)
+print(sorted(m for m in sys.modules if m.split(".")[0] in ("sim", "pybullet")))
+"""
+
+
+def test_bridge_modules_import_no_simulator():
+    """A planner machine drives a real robot without PyBullet: the bridge imports nothing from ``sim``."""
+    proc = subprocess.run([sys.executable, "-c", _BLOCK_SIM], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -27,65 +27,33 @@ import contextlib
 import json
 import math
 import os
-import secrets
-import shutil
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from embodied_lm.atomic import staged_dir
 from embodied_lm.datasets.zarr_store import ReplayReader, select_episodes
+from embodied_lm.ros import messages as rm
 
 __all__ = ["JOINT_NAMES", "export_mcap"]
 
-JOINT_NAMES = [*(f"panda_joint{i}" for i in range(1, 8)), "panda_finger_joint1", "panda_finger_joint2"]
+JOINT_NAMES = list(rm.JOINT_NAMES)  # the ROS bridge's joint names (rosbags wants a list)
 WORLD_FRAME = "world"
 
 PathLike = str | os.PathLike[str]
 
 
 @contextlib.contextmanager
-def _staged_bag(out: Path) -> Iterator[Path]:
-    """Yield a not-yet-existing bag path inside a hidden temp dir beside ``out``; on success the bag
-    directory is renamed to ``out`` (atomic on one filesystem), on failure everything is removed."""
-    if os.path.lexists(out):
-        raise FileExistsError(f"{out}: output exists; refusing to overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    while True:
-        tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-        try:
-            tmp.mkdir()
-            break
-        except FileExistsError:
-            continue
-    try:
-        bag = tmp / out.name  # rosbags names the .mcap after the bag dir: keep the final name
-        yield bag
-        if os.path.lexists(out):
-            raise FileExistsError(f"{out}: output appeared while exporting; refusing to overwrite")
-        os.rename(bag, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def _quat_xyzw(R: np.ndarray) -> np.ndarray:
-    """Rotation matrix -> unit quaternion (x, y, z, w)."""
-    R = np.asarray(R, dtype=np.float64)
-    tr = np.trace(R)
-    if tr > 0:
-        s = 2.0 * math.sqrt(tr + 1.0)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, 0.25 * s]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2.0 * math.sqrt(max(1.0 + R[i, i] - R[j, j] - R[k, k], 1e-12))
-        q = [0.0, 0.0, 0.0, (R[k, j] - R[j, k]) / s]
-        q[i] = 0.25 * s
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-    q = np.array(q)
-    return q / np.linalg.norm(q)
+def _bag_dir(parent: Path, name: str) -> Iterator[Path]:
+    """``parent/name`` for rosbags to create (it names the ``.mcap`` after the bag directory: keep the
+    final name); once the writer has closed, the bag's files move up into ``parent``."""
+    bag = parent / name
+    yield bag
+    for f in list(bag.iterdir()):
+        f.rename(parent / f.name)
+    bag.rmdir()
 
 
 def _fps(fps: float | None, attrs: dict[str, Any]) -> float:
@@ -179,7 +147,8 @@ def export_mcap(
             data=arr.view(np.uint8).reshape(-1),
         )
 
-    with _staged_bag(out) as bag, Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w:
+    with (staged_dir(out) as tmp, _bag_dir(tmp, out.name) as bag,
+          Writer(bag, version=9, storage_plugin=StoragePlugin.MCAP) as w):
         conns: dict[str, Any] = {}
 
         def write(topic: str, msg: Any, t_ns: int, qos: Sequence[Any] = ()) -> None:
@@ -194,7 +163,7 @@ def export_mcap(
             if pose is None:
                 continue
             M = np.asarray(pose, dtype=np.float64)
-            q = _quat_xyzw(M[:3, :3])
+            q = rm.matrix_to_quat(M[:3, :3])
             tfs.append(
                 TransformStamped(
                     header=Header(stamp=stamp_of(t0), frame_id=WORLD_FRAME),
@@ -243,22 +212,14 @@ def export_mcap(
                         )
                     p = cam_params.get(cam)
                     if p and "K" in p:
-                        K = np.asarray(p["K"], dtype=np.float64)
-                        P = np.hstack([K, np.zeros((3, 1))])
                         write(
                             f"/camera/{cam}/camera_info",
                             CameraInfo(
                                 header=hdr,
                                 height=int(p.get("height", rgb.shape[0])),
                                 width=int(p.get("width", rgb.shape[1])),
-                                distortion_model="plumb_bob",
-                                d=np.zeros(5),
-                                k=K.reshape(-1),
-                                r=np.eye(3).reshape(-1),
-                                p=P.reshape(-1),
-                                binning_x=0,
-                                binning_y=0,
                                 roi=ROI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False),
+                                **rm.camera_info_fields(p["K"]),
                             ),
                             t_ns[k],
                         )

@@ -53,13 +53,10 @@ from embodied_lm.ros.perception import (
 )
 from embodied_lm.ros.safety import MotionTarget, Rejected, check_fresh, check_motion, estop_engaged
 from skills import Answer, Done, Pick, Place, Push, SkillLibrary, SkillParseError, parse
-from skills.calls import CORNERS, DIRECTIONS, SIDES
 from skills.robot import ObjectInfo, Workspace
+from skills.vocab import ANSWERS, all_calls
 
 log = logging.getLogger("embodied_lm.ros")
-
-# Type of the sim endpoint's privileged services: request {json}; response {success, message, json}.
-JSON_SRV = "embodied_lm_msgs/JsonCall"
 
 
 class RosConnectionError(ConnectionError):
@@ -144,6 +141,7 @@ class RosEmbodiment:
         self._steps = 0
         self._max_steps = self.config.max_steps
         self._spec: dict[str, Any] | None = None
+        self._answers: tuple[str, ...] = ()  # a question's possible answers (empty: a manipulation task)
         self._instruction = ""
         self._last_obs: dict[str, Any] | None = None
         self._robot_time = 0.0
@@ -412,8 +410,12 @@ class RosEmbodiment:
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
         """Start an episode.  With the sim endpoint's ``/sim/reset`` the spec is replayed exactly; on a real
         robot the scene is set up by a person and ``options["instruction"]`` (or ``spec.instruction``) is
-        the task.  Raises ``RosConnectionError`` / ``EStopEngaged`` / ``TimeoutError`` (no sensors)."""
+        the task, and ``options["answers"]`` the possible answers if it is a question.  Raises
+        ``RosConnectionError`` / ``EStopEngaged`` / ``TimeoutError`` (no sensors)."""
         options = dict(options or {})
+        answers = tuple(options.get("answers") or ())
+        if any(a not in ANSWERS for a in answers):
+            raise ValueError(f"options['answers'] must be taken from {ANSWERS}, got {answers}")
         if not self.connected:
             self.connect()
         if self._estop:
@@ -430,6 +432,7 @@ class RosEmbodiment:
             self._instruction = body["instruction"]
             self._spec = body.get("spec", spec_d)
             self._max_steps = int(body.get("max_steps", self.config.max_steps))
+            answers = tuple(body.get("answers") or ())
             self._robot_time = float(body.get("robot_time", 0.0))
             t_ref = float(body["stamp"])
         else:
@@ -439,6 +442,7 @@ class RosEmbodiment:
                                  "(or a spec with an instruction)")
             self._instruction, self._spec = str(instr), spec_d
             t_ref = time.time()
+        self._answers = answers
         try:
             obs = self._observe(t_ref)
         except _Abort as e:
@@ -604,7 +608,7 @@ class RosEmbodiment:
                 box[key] = value
                 self._cond.notify_all()
 
-        srv = roslibpy.Service(self._ros, service, JSON_SRV, reconnect_on_close=False)
+        srv = roslibpy.Service(self._ros, service, rm.JSON_SRV, reconnect_on_close=False)
         srv.call(roslibpy.ServiceRequest(args), lambda r: done("ok", r), lambda e: done("error", e))
         timeout = min(self.config.service_timeout_s, 3.0) if probe else self.config.service_timeout_s
         try:
@@ -615,12 +619,7 @@ class RosEmbodiment:
             raise TimeoutError(f"{service}: {e}") from None
         if "error" in box:
             raise NotImplementedError(f"service {service} is not available: {box['error']}")
-        if probe:
-            return {}
-        resp = box["ok"]
-        if not resp.get("success", False):
-            raise ValueError(f"{service}: {resp.get('message', 'failed')}")
-        return json.loads(resp.get("json") or "{}")
+        return {} if probe else rm.read_json_call_response(box["ok"], service)
 
     def oracle_action(self) -> str:
         """The sim's oracle call, with its objects renamed to this bridge's perceived names."""
@@ -648,32 +647,20 @@ class RosEmbodiment:
         return " ".join(names.get(w, w) for w in action.split())
 
     def valid_actions(self) -> list[str]:
-        """Calls that are well-formed and possible in the perceived scene (the robot may still refuse)."""
-        from sim.tasks import FAMILIES
-
-        task = (self._spec or {}).get("task")
-        if task in FAMILIES and FAMILIES[task].kind == "question":
-            return [f"answer {a}" for a in FAMILIES[task].answers()]
+        """Calls that are well-formed and possible in the perceived scene (the robot may still refuse).  For
+        a question, its answers: they come with the episode (the sim's reset reply or ``options["answers"]``)."""
+        if self._answers:
+            return [f"answer {a}" for a in self._answers]
         slots = self.tracker.slots
         infos = object_infos({k: o for k, o in slots.items() if not o.held})
         held = f"obj_{self.tracker.held + 1}" if self.tracker.held is not None else None
         if held is not None:
             h = slots[self.tracker.held]
             infos[held] = ObjectInfo(held, h.kind, h.color, np.asarray(h.position, float), 0.0, h.size, h.height)
-        ws = Workspace(self.config.table_x, self.config.table_y)
-        robot = _PerceivedRobot(infos, held, ws)
+        robot = _PerceivedRobot(infos, held, Workspace(self.config.table_x, self.config.table_y))
         names = sorted(infos, key=lambda n: int(n.split("_")[1]))
-        blocks = [n for n in names if infos[n].kind == "block"]
-        cands = ["done"] + [f"pick {b}" for b in blocks]
-        if held is not None:
-            cands.append(f"place {held} on table")
-            cands += [f"place {held} {'in' if infos[n].kind == 'bowl' else 'on'} {n}" for n in names if n != held]
-        for b in blocks:
-            cands += [f"push {b} {d}" for d in DIRECTIONS] + [f"push {b} to {c} corner" for c in CORNERS]
-            cands += [f"push {b} to {s} side" for s in SIDES] + [f"push {b} to {o}" for o in blocks if o != b]
         out = []
-        for c in cands:
-            call = parse(c)
+        for call in map(parse, all_calls(names, [infos[n].kind for n in names], held, answers=False)):
             if self.skills.check(call, robot) is not None:
                 continue
             try:
@@ -681,8 +668,13 @@ class RosEmbodiment:
                              max_speed=self.config.max_speed)
             except (Rejected, KeyError):
                 continue
-            out.append(c)
-        return out
+            out.append(call)
+        # Listed as before all_calls (the random planner indexes this list with a seeded rng): done, picks,
+        # places, then each block's pushes with "push a to b" after the fixed goals.
+        verb = {Done: 0, Pick: 1, Place: 2, Push: 3}
+        out.sort(key=lambda c: (verb[type(c)], names.index(c.obj) if isinstance(c, Push) else 0,
+                                isinstance(c, Push) and c.to_obj is not None))
+        return [str(c) for c in out]
 
 
 __all__ = ["EStopEngaged", "RosConnectionError", "RosEmbodiment"]

@@ -1,4 +1,4 @@
-"""Typed, validated configuration of the ROS bridge (``experiments/conf/embodiment/ros.yaml``)."""
+"""Typed, validated configuration of the ROS bridge (``embodiment=ros``: the ``embodiment`` keys of a run)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from embodied_lm.ros.messages import JOINT_NAMES
 from embodied_lm.ros.safety import WorkspaceBox
-
-DEFAULT_JOINTS = tuple(f"panda_joint{i}" for i in range(1, 8)) + ("panda_finger_joint1", "panda_finger_joint2")
 
 
 def _topic(name: str, value: Any, allow_empty: bool = False) -> str:
@@ -38,7 +37,8 @@ def _range(name: str, value: Any) -> tuple[float, float]:
 
 @dataclass
 class CameraTopics:
-    """One RGB-D camera.  Empty topic names default to ``/camera/<name>/...`` (the sim endpoint's names).
+    """One RGB-D camera.  Empty topic names default to ``/camera/<name>/...`` (the sim endpoint's names:
+    the defaults here are the only place topic names are written).
 
     Extrinsics: either ``pose_topic`` (``geometry_msgs/PoseStamped``, world <- camera optical frame,
     OpenCV axes: x right, y down, z forward; latched) or a fixed ``world_from_camera`` 4x4 (row-major
@@ -70,13 +70,14 @@ class CameraTopics:
 
 @dataclass
 class RosConfig:
-    """Everything the bridge needs to drive a robot through ``rosbridge_server`` (see README.md)."""
+    """Everything the bridge needs to drive a robot through ``rosbridge_server`` (see README.md).  The
+    sim-backed test robot (``embodied_lm.ros.testing``) publishes on these defaults."""
 
     host: str = "127.0.0.1"
     port: int = 9090
     cameras: tuple[CameraTopics, ...] = (CameraTopics("top"), CameraTopics("front"))
     joint_states_topic: str = "/joint_states"
-    joint_names: tuple[str, ...] = DEFAULT_JOINTS  # the 9 values of obs["robot"][:9], in this order
+    joint_names: tuple[str, ...] = JOINT_NAMES  # the 9 values of obs["robot"][:9], in this order
     ee_pose_topic: str = "/ee_pose"  # geometry_msgs/PoseStamped of the fingertip point; "" = not available
     command_topic: str = "/skill/command"  # std_msgs/String, JSON command (README: contract)
     result_topic: str = "/skill/result"  # std_msgs/String, JSON result

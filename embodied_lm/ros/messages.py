@@ -1,8 +1,11 @@
-"""ROS messages as rosbridge JSON -> numpy, and the skill command / result contract.
+"""ROS messages as rosbridge JSON, both directions, and the skill command / result contract.
 
-Decoders validate first (``safety``) and raise ``safety.Rejected``; they accept ROS 1 and ROS 2 field
-spellings (``stamp.secs``/``stamp.sec``, ``CameraInfo.K``/``CameraInfo.k``).  rosbridge sends
-``uint8[]`` fields as base64 strings; a JSON list of numbers is accepted too.
+The one place that knows the wire format: the bridge decodes with it, the sim-backed test robot
+(``embodied_lm.ros.testing``) encodes with it, and the MCAP export takes its joint names and rotations
+from it.  Decoders validate first (``safety``) and raise ``safety.Rejected``; they accept ROS 1 and
+ROS 2 field spellings (``stamp.secs``/``stamp.sec``, ``CameraInfo.K``/``CameraInfo.k``).  rosbridge
+sends ``uint8[]`` fields as base64 strings; a JSON list of numbers is accepted too.  Encoders write
+ROS 2 spellings unless told ``ros_version=1``.
 
 Command (``std_msgs/String`` on ``command_topic``, ``data`` = JSON)::
 
@@ -32,9 +35,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from scipy.spatial.transform import Rotation
 
 from embodied_lm.ros.safety import ImageMeta, Rejected, _field, check_image, header_stamp
 
+# The 9 values of obs["robot"][:9], in this order (a Panda: 7 arm joints, 2 fingers).
+JOINT_NAMES = (*(f"panda_joint{i}" for i in range(1, 8)), "panda_finger_joint1", "panda_finger_joint2")
+# Type of the sim-backed robot's privileged services: request {json}; response {success, message, json}.
+JSON_SRV = "embodied_lm_msgs/JsonCall"
 RGB_ENCODINGS = ("rgb8",)
 DEPTH_ENCODINGS = ("32FC1", "16UC1")  # 16UC1 is millimetres (RealSense, Azure Kinect drivers)
 
@@ -123,33 +131,14 @@ def read_pose_stamped(msg: Any, where: str = "pose") -> tuple[np.ndarray, float]
     return T, stamp
 
 
-def quat_to_matrix(q: np.ndarray) -> np.ndarray:
-    x, y, z, w = q
-    return np.array([
-        [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)],
-        [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)],
-        [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)],
-    ])
+def quat_to_matrix(q: Sequence[float]) -> np.ndarray:
+    """Unit quaternion x, y, z, w -> (3, 3) rotation matrix."""
+    return Rotation.from_quat(np.asarray(q, float)).as_matrix()
 
 
 def matrix_to_quat(R: np.ndarray) -> list[float]:
-    """Rotation matrix -> unit quaternion xyzw (Shepperd's method)."""
-    R = np.asarray(R, float)
-    tr = float(np.trace(R))
-    if tr > 0:
-        s = 2 * math.sqrt(tr + 1)
-        q = [(R[2, 1] - R[1, 2]) / s, (R[0, 2] - R[2, 0]) / s, (R[1, 0] - R[0, 1]) / s, s / 4]
-    else:
-        i = int(np.argmax(np.diag(R)))
-        j, k = (i + 1) % 3, (i + 2) % 3
-        s = 2 * math.sqrt(max(1 + R[i, i] - R[j, j] - R[k, k], 1e-12))
-        q = [0.0] * 4
-        q[i] = s / 4
-        q[j] = (R[j, i] + R[i, j]) / s
-        q[k] = (R[k, i] + R[i, k]) / s
-        q[3] = (R[k, j] - R[j, k]) / s
-    v = np.asarray(q)
-    return (v / np.linalg.norm(v)).tolist()
+    """Rotation matrix -> unit quaternion x, y, z, w."""
+    return Rotation.from_matrix(np.asarray(R, float)).as_quat().tolist()
 
 
 def read_json_string(msg: Any, where: str) -> dict[str, Any]:
@@ -204,6 +193,71 @@ def read_result(msg: Any, where: str = "result") -> SkillOutcome:
 def command_message(cid: str, stamp: float, skill: str, speed: float, targets: Sequence[Mapping[str, Any]],
                     timeout_s: float) -> dict[str, str]:
     """The ``std_msgs/String`` carrying one skill command."""
-    body = {"id": cid, "stamp": stamp, "skill": skill, "verb": skill.split()[0] if skill.split() else "",
-            "speed": speed, "targets": list(targets), "timeout_s": timeout_s}
-    return {"data": json.dumps(body)}
+    verb = skill.split()[0] if skill.split() else ""
+    return json_string({"id": cid, "stamp": stamp, "skill": skill, "verb": verb, "speed": speed,
+                        "targets": list(targets), "timeout_s": timeout_s})
+
+
+def read_json_call_response(resp: Mapping[str, Any], service: str) -> dict[str, Any]:
+    """The JSON body of a ``JSON_SRV`` response; ValueError with the robot's message if it failed."""
+    if not resp.get("success", False):
+        raise ValueError(f"{service}: {resp.get('message', 'failed')}")
+    return json.loads(resp.get("json") or "{}")
+
+
+# -- encoders (the robot side: the sim-backed endpoint, tests) ---------------------------------------------
+def json_string(obj: Any) -> dict[str, str]:
+    """``std_msgs/String`` whose ``data`` is ``obj`` as JSON (commands, results)."""
+    return {"data": json.dumps(obj)}
+
+
+def json_call_response(body: Mapping[str, Any] | None = None, error: str | None = None) -> dict[str, Any]:
+    """A ``JSON_SRV`` response: ``body`` on success, or the reason it failed."""
+    if error is not None:
+        return {"success": False, "message": error, "json": ""}
+    return {"success": True, "message": "ok", "json": json.dumps(dict(body or {}))}
+
+
+def ros_header(t: float, frame_id: str, ros_version: int = 2, seq: int = 0) -> dict[str, Any]:
+    """``std_msgs/Header`` stamped ``t`` (s); ROS 1 spelling (``secs``/``nsecs``, ``seq``) if asked."""
+    sec = int(math.floor(t))
+    nsec = min(int(round((t - sec) * 1e9)), 999_999_999)
+    if ros_version == 1:
+        return {"seq": seq, "stamp": {"secs": sec, "nsecs": nsec}, "frame_id": frame_id}
+    return {"stamp": {"sec": sec, "nanosec": nsec}, "frame_id": frame_id}
+
+
+def image_msg(img: np.ndarray, encoding: str, header: dict[str, Any]) -> dict[str, Any]:
+    """``sensor_msgs/Image`` (data as base64, as rosbridge sends it); 32FC1 is written little-endian."""
+    arr = np.ascontiguousarray(img.astype("<f4") if encoding == "32FC1" else img)
+    h, w = arr.shape[:2]
+    return {"header": header, "height": h, "width": w, "encoding": encoding, "is_bigendian": 0,
+            "step": arr.strides[0], "data": base64.b64encode(arr.tobytes()).decode("ascii")}
+
+
+def camera_info_fields(K: np.ndarray) -> dict[str, Any]:
+    """The intrinsics fields of a ``sensor_msgs/CameraInfo`` for a rectified pinhole camera (numpy)."""
+    K = np.asarray(K, np.float64)
+    return {"distortion_model": "plumb_bob", "d": np.zeros(5), "k": K.reshape(-1), "r": np.eye(3).reshape(-1),
+            "p": np.hstack([K, np.zeros((3, 1))]).reshape(-1), "binning_x": 0, "binning_y": 0}
+
+
+def camera_info_msg(K: np.ndarray, h: int, w: int, header: dict[str, Any]) -> dict[str, Any]:
+    fields = {k: v.tolist() if isinstance(v, np.ndarray) else v for k, v in camera_info_fields(K).items()}
+    roi = {"x_offset": 0, "y_offset": 0, "height": 0, "width": 0, "do_rectify": False}
+    return {"header": header, "height": h, "width": w, **fields, "roi": roi}
+
+
+def pose_msg(position: Sequence[float], quat_xyzw: Sequence[float], header: dict[str, Any]) -> dict[str, Any]:
+    """``geometry_msgs/PoseStamped``."""
+    x, y, z = (float(v) for v in position)
+    qx, qy, qz, qw = (float(v) for v in quat_xyzw)
+    return {"header": header, "pose": {"position": {"x": x, "y": y, "z": z},
+                                       "orientation": {"x": qx, "y": qy, "z": qz, "w": qw}}}
+
+
+def joint_state_msg(positions: Sequence[float], header: dict[str, Any],
+                    names: Sequence[str] = JOINT_NAMES) -> dict[str, Any]:
+    """``sensor_msgs/JointState`` with positions only."""
+    return {"header": header, "name": list(names), "position": [float(v) for v in positions], "velocity": [],
+            "effort": []}

@@ -10,7 +10,7 @@ the cameras (all pure numpy, unit-testable):
   block, i.e. the 3 cm walls and rims, merged per bowl);
 * a cluster wider than one block is split: rim vs. the block inside a bowl (by height), touching blocks
   (by colour, then by footprint area), a tower's top face vs. its sides seen in perspective;
-* colours are named by the closest ``sim.world.COLORS`` entry up to a brightness scale (shaded faces
+* colours are named by the closest ``skills.vocab.COLORS`` entry up to a brightness scale (shaded faces
   are the same colour, darker);
 * a persistent slot per object over an episode (``SlotTracker``): obj_k keeps its name from step to
   step, and the block in the gripper keeps the name it was picked with;
@@ -24,11 +24,11 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from sim.world import BLOCK_SIZE, BOWL_HEIGHT, BOWL_SIZE, COLOR_NAMES, COLORS, KINDS, MAX_OBJECTS, OBJECT_FEATURES
-from skills import scene
+from skills import scene, vocab
 from skills.robot import ObjectInfo
+from skills.vocab import BLOCK_SIZE, COLOR_NAMES, Col
 
-_RGB = np.array([COLORS[c][:3] for c in COLOR_NAMES], np.float64)  # (C, 3)
+_RGB = np.array([vocab.COLORS[c][:3] for c in COLOR_NAMES], np.float64)  # (C, 3)
 LOW_TOP = 0.035  # a cluster whose top is below this is (a piece of) a bowl: 3 cm walls; block tops are at 4 cm
 MIN_FACE_POINTS = 15  # a top-view block needs this many points on its top face
 SPLIT_EXTENT = 0.064  # a top-view cluster wider than one block (diagonal 5.7 cm) may be touching blocks
@@ -59,7 +59,7 @@ def color_indices(rgb: np.ndarray) -> np.ndarray:
 
 
 def color_name(rgb: Sequence[float]) -> str:
-    """The closest ``sim.world.COLORS`` name to one mean colour (see ``color_indices``)."""
+    """The closest ``skills.vocab.COLORS`` name to one mean colour (see ``color_indices``)."""
     return COLOR_NAMES[int(color_indices(np.asarray(rgb))[0])]
 
 
@@ -178,7 +178,7 @@ def _bowls(walls: list) -> list[PerceivedObject]:
         cols = np.concatenate([m.colors for m in members])
         centre = (lo[:2] + hi[:2]) / 2
         color = color_name(cols.mean(0))
-        out.append(PerceivedObject("bowl", color, np.array([*centre, 0.0]), BOWL_SIZE, BOWL_HEIGHT))
+        out.append(PerceivedObject("bowl", color, np.array([*centre, 0.0]), vocab.BOWL_SIZE, vocab.BOWL_HEIGHT))
     return out
 
 
@@ -219,7 +219,7 @@ def fuse_detections(dets_by_camera: Mapping[str, Sequence],
         top_z = max(_top(d) for d in [a, *extra])
         base = 0.0
         for b in bowls:
-            if np.all(np.abs(xy - b.position[:2]) < BOWL_SIZE / 2):
+            if np.all(np.abs(xy - b.position[:2]) < vocab.BOWL_SIZE / 2):
                 base = 0.006  # bowl floor
         n = max(1, int(round((top_z - base) / BLOCK_SIZE)))
         side_pts = np.concatenate([d.points for d in extra]) if extra else np.zeros((0, 3), np.float32)
@@ -244,22 +244,24 @@ def object_infos(slots: Mapping[int, PerceivedObject]) -> dict[str, ObjectInfo]:
 
 
 def objects_array(slots: Mapping[int, PerceivedObject]) -> np.ndarray:
-    """(MAX_OBJECTS, 12) float32 in ``World.object_array``'s layout: present, kind, colour index, xyz,
-    quaternion xyzw (identity: yaw is not estimated), support slot (0 table, k obj_k, -1 air/held), size."""
-    arr = np.zeros((MAX_OBJECTS, OBJECT_FEATURES), np.float32)
+    """(MAX_OBJECTS, OBJECT_FEATURES) float32 object rows (``skills.vocab.Col``), as the sim gives them:
+    quaternion identity (yaw is not estimated), support slot 0 table, k obj_k, -1 air/held."""
+    arr = np.zeros((vocab.MAX_OBJECTS, vocab.OBJECT_FEATURES), np.float32)
     infos = object_infos({k: o for k, o in slots.items() if not o.held})
     sup = scene.supports(infos) if infos else {}
     for k, o in slots.items():
         on = "gripper" if o.held else sup[f"obj_{k + 1}"]
         support = 0 if on == scene.TABLE else -1 if on in (scene.AIR, "gripper") else int(on.split("_")[1])
-        arr[k] = [1, KINDS.index(o.kind), COLOR_NAMES.index(o.color), *o.position, 0, 0, 0, 1, support, o.size]
+        row = arr[k]
+        row[Col.PRESENT], row[Col.KIND], row[Col.COLOR] = 1, vocab.KINDS.index(o.kind), COLOR_NAMES.index(o.color)
+        row[Col.XYZ], row[Col.QUAT], row[Col.SUPPORT], row[Col.SIZE] = o.position, (0, 0, 0, 1), support, o.size
     return arr
 
 
 class SlotTracker:
     """Persistent obj_k names within an episode: each new view is matched to the previous one."""
 
-    def __init__(self, max_objects: int = MAX_OBJECTS, radius: float = 0.06):
+    def __init__(self, max_objects: int = vocab.MAX_OBJECTS, radius: float = 0.06):
         self.max_objects = max_objects
         self.radius = radius
         self.reset()
