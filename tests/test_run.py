@@ -212,3 +212,31 @@ def test_killed_recording_run_leaves_earlier_episodes_readable(tmp_path):
     with ReplayWriter(store) as w:  # a new run can append after the crash
         w.append(reader.episode(0))
     assert ReplayReader(store).n_episodes == n + 1
+
+
+@pytest.mark.parametrize("extra", [(), pytest.param(("ray.num_workers=2",), marks=pytest.mark.ray)],
+                         ids=["serial", "ray"])
+def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path, extra):
+    """SIGINT mid-run: no traceback, exit 130, and the last line names what was kept and where."""
+    from embodied_lm.datasets import ReplayReader
+
+    store = tmp_path / "interrupted.zarr"
+    proc = subprocess.Popen([*RUN, "planner=oracle", f"record={store}", "eval.episodes=6", "eval.levels=[L1]",
+                             "eval.families=[p2_stack]", "eval.progress=false", f"hydra.run.dir={tmp_path / 'run'}",
+                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    deadline = time.time() + 180
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            if ReplayReader(store).n_episodes >= 2:
+                break
+        except Exception:
+            pass
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    n = ReplayReader(store).n_episodes
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert proc.returncode == 130, err[-3000:]
+    assert "Traceback" not in err, err[-3000:]
+    assert lines[-1] == f"interrupted; kept: {n} recorded episodes in {store}", err[-3000:]
+    assert 2 <= n < 6
