@@ -221,9 +221,9 @@ def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path, extra):
     from embodied_lm.datasets import ReplayReader
 
     store = tmp_path / "interrupted.zarr"
-    proc = subprocess.Popen([*RUN, "planner=oracle", f"record={store}", "eval.episodes=6", "eval.levels=[L1]",
-                             "eval.families=[p2_stack]", "eval.progress=false", f"hydra.run.dir={tmp_path / 'run'}",
-                             *extra], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
+    args = ["planner=oracle", f"record={store}", "eval.episodes=6", "eval.levels=[L1]", "eval.families=[p2_stack]",
+            "eval.progress=false", f"hydra.run.dir={tmp_path / 'run'}", *extra]
+    proc = subprocess.Popen([*RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
     deadline = time.time() + 180
     while time.time() < deadline and proc.poll() is None:
         try:
