@@ -1,6 +1,6 @@
 """The run configuration: typed dataclasses, the one place every setting has its default and its check.
 
-Hydra (experiments/conf) composes on top of the ``RunConfig`` schema registered here: ``config.yaml``
+Hydra (experiments/conf) composes on the ``RunConfig`` schema (``register_configs``): ``config.yaml``
 only lists the config groups, and a group option (``sensors/vit.yaml``, ``preset/smoke.yaml``) writes
 only what makes it different (tests/test_run.py checks that no YAML restates a default).
 ``load_run_config(cfg)`` turns the composed DictConfig into these dataclasses; every ``__post_init__``
@@ -255,7 +255,8 @@ class RunConfig:
 
 
 def register_configs() -> None:
-    """Put the schema (``run_config``) and the Python-built group options into Hydra's ConfigStore."""
+    """Put the schema (``run_config``) and the Python-built group options into Hydra's ConfigStore;
+    call before composing (experiments/run.py does)."""
     from hydra.core.config_store import ConfigStore
 
     from embodied_lm.ros.config import RosConfig
@@ -279,6 +280,3 @@ def load_run_config(cfg: DictConfig | dict[str, Any]) -> RunConfig:
         key = getattr(e, "full_key", None)
         msg = str(e).splitlines()[0]
         raise ConfigError(f"{key}: {msg}" if key else msg) from None
-
-
-register_configs()

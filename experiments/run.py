@@ -17,7 +17,9 @@ import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import DictConfig, OmegaConf  # noqa: E402
 
-import embodied_lm.config  # noqa: E402,F401  (registers the RunConfig schema in Hydra's ConfigStore)
+from embodied_lm.config import register_configs  # noqa: E402
+
+register_configs()  # the RunConfig schema that conf/config.yaml composes on
 
 CONF = str(Path(__file__).resolve().parent / "conf")
 USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, FileNotFoundError)

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 
-from embodied_lm.config import ConfigError, load_run_config
+from embodied_lm.config import ConfigError, load_run_config, register_configs
+
+register_configs()
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "experiments" / "conf"
