@@ -226,7 +226,6 @@ def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path |
     Every input is checked before the first stage starts; Ctrl-C raises ``Interrupted``."""
     import torch
 
-    torch.set_num_threads(cfg.threads or free_cores())
     run_dir = Path(run_dir)
     lm = cfg.planner.name == "embodied_lm"
     stages = cfg.stages if lm or cfg.stage != "all" else ["eval"]
@@ -238,6 +237,7 @@ def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path |
         _dataset(cfg, run_dir, must_exist=True)
     if "eval" in stages and "train" not in stages and lm:
         _checkpoint(cfg, run_dir, must_exist=True)
+    torch.set_num_threads(cfg.threads or free_cores())
     run_dir.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}
     model = None

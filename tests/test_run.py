@@ -177,9 +177,10 @@ def test_bad_spec_file_rejected_before_anything_runs(tmp_path):
     spec = tmp_path / "bad.jsonl"
     spec.write_text('{"task": "p1_grasp", "params": {"target": "red"}, "n_objects": 3, "seed": 1}\n'
                     '{"task": "p1_grasp", "params": {"target": "teal"}, "n_objects": 3, "seed": 2}\n')
-    out = _run(f"eval.spec={spec}", f"hydra.run.dir={tmp_path / 'run'}")
-    assert out.returncode == 2 and "bad.jsonl:2:" in out.stderr and "teal" in out.stderr
-    assert not (tmp_path / "run" / "results.json").exists()
+    for planner in ("planner=oracle", "planner=embodied_lm"):  # the main job: refused before collection
+        out = _run(planner, f"eval.spec={spec}", f"hydra.run.dir={tmp_path / 'run'}")
+        assert out.returncode == 2 and "bad.jsonl:2:" in out.stderr and "teal" in out.stderr
+        assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "demos.zarr").exists()
 
 
 def test_killed_recording_run_leaves_earlier_episodes_readable(tmp_path):
