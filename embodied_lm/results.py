@@ -9,6 +9,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from embodied_lm.atomic import write_text
 from embodied_lm.evaluate import EpisodeRow, row_dict, summarize
 from sim.tasks import LEVELS
 
@@ -40,11 +41,7 @@ def write_results(run_dir: str | Path, results: dict[str, Any], rows: Sequence[E
     with open(run_dir / "episodes.jsonl", "w") as f:
         for r in rows:
             f.write(json.dumps(row_dict(r)) + "\n")
-    path = run_dir / "results.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(results, indent=2))
-    tmp.replace(path)  # never leave a half-written results.json
-    return path
+    return write_text(run_dir / "results.json", json.dumps(results, indent=2))  # never half-written
 
 
 def format_table(families: dict[str, dict[str, dict[str, Any]]]) -> str:

@@ -28,6 +28,7 @@ import yaml
 from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 
+from embodied_lm.atomic import write_text
 from embodied_lm.results import plot_results
 from sim.tasks import LEVELS
 
@@ -191,9 +192,7 @@ def combine(sweep_dir: str | Path, *, plot: bool = True) -> dict[str, Any]:
     out = {"schema": SCHEMA, "sweep_dir": str(sweep_dir), "varied": varied, "runs": ok,
            "failed": [r for r in rows if r["status"] != "ok"]}
     json_path, table_path, plot_path = sweep_dir / RESULTS_JSON, sweep_dir / TABLE_MD, sweep_dir / PLOT_PNG
-    tmp = json_path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(out, indent=2))
-    tmp.replace(json_path)
+    write_text(json_path, json.dumps(out, indent=2))
     table_path.write_text(table + "\n")
     if plot and ok:
         plot_results({r["label"]: r for r in ok}, plot_path)

@@ -1,30 +1,32 @@
 """Training: AdamW with linear warm-up and cosine decay over mixed batches of every task family;
-checkpoints that resume exactly and refuse a mismatched config.
+checkpoints that resume exactly and refuse a mismatched config.  One loop for one process and for
+data-parallel ranks (``embodied_lm.distributed.train_ray`` runs it on Ray Train workers).
 
 A checkpoint directory holds ``model.safetensors`` (the parameters that train in this mode),
 ``optimizer.pt``, ``state.json`` (step, sampler RNG state, loss history) and ``config.json`` (the
-resolved model + train config).  It is written to ``<dir>.tmp`` and renamed, so a killed run never
-leaves a checkpoint that looks valid.
+resolved model + train config).  It is written beside its place and renamed into it
+(:func:`embodied_lm.atomic.staged_dir`), so a killed run never leaves a checkpoint that looks valid.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import os
-import shutil
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
+from embodied_lm.atomic import staged_dir
 from embodied_lm.data import Example
 from embodied_lm.model import PRECISIONS, EmbodiedLM, ModelConfig, autocast
-from embodied_lm.sentence import collate
+from embodied_lm.sentence import IGNORE, collate
 
 SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at train.sensor_lr
 
@@ -128,74 +130,127 @@ def _lr_scale(step: int, cfg: TrainConfig) -> float:
     return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(t, 1.0)))
 
 
+def to_device(x: Any, device: torch.device | str) -> Any:
+    """A batch (tensors in nested dicts) on ``device``; anything else as it is."""
+    if isinstance(x, torch.Tensor):
+        return x.to(device, non_blocking=True)
+    if isinstance(x, dict):
+        return {k: to_device(v, device) for k, v in x.items()}
+    return x
+
+
+def _answer_tokens(examples: list[Example], pad_id: int) -> np.ndarray:
+    """Per example, the tokens its loss averages over (as ``EmbodiedLM.forward`` selects them:
+    ``labels[:, 1:] != IGNORE``), from the project's own collate."""
+    return np.array([int((collate([e.sentence], pad_id)["labels"][0, 1:] != IGNORE).sum()) for e in examples])
+
+
 def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir: str | Path,
-          resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None) -> dict:
-    """Train for ``cfg.steps`` (or until ``stop_after`` steps, for tests); returns the training state."""
+          resume: str | Path | None = None, progress: bool = True, stop_after: int | None = None, *,
+          rank: int = 0, world_size: int = 1, prepare: Callable[[EmbodiedLM], torch.nn.Module] | None = None,
+          report: Callable[[dict, float | None], None] | None = None) -> dict:
+    """Train for ``cfg.steps`` (or until ``stop_after`` steps, for tests); returns the training state
+    ``{step, losses, tokens, train_s}`` and writes it with the weights to ``out_dir`` at every
+    ``cfg.checkpoint_every`` steps and at the end.  ``progress``: a progress bar, else a log line
+    every 25 steps.
+
+    Data parallel: ``world_size`` processes (``torch.distributed`` initialised), this one ``rank``.
+    Every rank draws the *global* batch from the same Generator -- the batch one process would
+    draw -- and trains on its slice ``np.array_split(idx, world_size)[rank]``; its loss (the mean
+    over the slice's answer tokens) is scaled by ``world_size * n_mine / n_global``, so the
+    gradient DDP averages over ranks is the global batch's, and gradient clipping sees the
+    single-process norm.  The logged loss is the all-reduced global mean.  Rank 0 alone writes
+    checkpoints; they hold no world size, so a run resumes with any number of ranks.
+
+    prepare  ``prepare(model)`` after relation pretraining: moves the model to its device and
+             returns the module whose forward trains it (Ray Train's ``prepare_model``: DDP).
+    report   ``report(state, lr_scale)`` on every rank at each checkpoint step (once at the end if
+             there was none: a resumed run that had already finished).
+    """
     if not examples:
         raise ValueError("no training examples (is the dataset empty or were all episodes failures?)")
     out_dir = Path(out_dir)
+    if resume is None and cfg.relation_steps:  # every rank the same: the same seed, the same scenes
+        t = time.perf_counter()
+        acc = pretrain_relations(model, examples, cfg, device=next(model.parameters()).device)
+        if rank == 0:
+            print(f"relation pretraining: {cfg.relation_steps} steps in {time.perf_counter() - t:.0f} s, accuracy "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+    forward = model if prepare is None else prepare(model)
+    device = next(model.parameters()).device
     opt = _optimizer(model, cfg)
+    base_lrs = [g["lr"] for g in opt.param_groups]  # before loading: saved groups carry a scheduled lr
     draw = batch_sampler(examples, cfg)
     rng = np.random.default_rng(cfg.seed)
     state = {"step": 0, "losses": [], "tokens": 0, "train_s": 0.0}
-    base_lrs = [g["lr"] for g in opt.param_groups]  # before loading: saved groups carry a scheduled lr
     if resume is not None:
         state = load_checkpoint(model, resume, opt)
         rng.bit_generator.state = state.pop("rng")
-    elif cfg.relation_steps:
-        t = time.perf_counter()
-        acc = pretrain_relations(model, examples, cfg)
-        print(f"relation pretraining: {cfg.relation_steps} steps in {time.perf_counter() - t:.0f} s, accuracy "
-              + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()), flush=True)
+    pad = model.tok.pad_token_id
+    n_answer = _answer_tokens(examples, pad) if world_size > 1 else None
+    params = [p for p in model.parameters() if p.requires_grad]
+    lr_scale, reported = None, False
     model.train()
-    bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step",
+               disable=not progress or rank != 0, dynamic_ncols=True)
     t0 = time.perf_counter() - state["train_s"]
     while state["step"] < cfg.steps:
-        idx = draw(rng)
-        batch = make_batch(examples, idx, model.tok.pad_token_id)
+        idx = draw(rng)  # the global batch: the same on every rank
+        mine = np.array_split(idx, world_size)[rank]
+        batch = to_device(make_batch(examples, mine, pad), device)
+        lr_scale = _lr_scale(state["step"], cfg)
         for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * _lr_scale(state["step"], cfg)
-        with autocast("cpu", cfg.precision):
-            loss = model(batch)
+            g["lr"] = lr * lr_scale
+        with autocast(device.type, cfg.precision):
+            loss = forward(batch)  # mean over this slice's answer tokens
         opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
+        if world_size > 1:  # DDP averages over ranks -> the gradient of the global batch's mean loss
+            n_mine, n_global = int(n_answer[mine].sum()), int(n_answer[idx].sum())
+            (loss * (world_size * n_mine / n_global)).backward()
+        else:
+            loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
+        if world_size > 1:
+            total = (loss.detach() * (n_mine / n_global)).reshape(1)
+            torch.distributed.all_reduce(total)
+            loss_value = total.item()
+        else:
+            loss_value = loss.item()
         state["step"] += 1
-        state["losses"].append(round(loss.item(), 5))
-        state["tokens"] += int(batch["attention_mask"].sum())
+        state["losses"].append(round(loss_value, 5))
+        state["tokens"] += sum(len(examples[i].sentence.ids) for i in idx)
         state["train_s"] = time.perf_counter() - t0
         bar.update(1)
         bar.set_postfix(loss=f"{state['losses'][-1]:.3f}", refresh=False)
-        if not progress and state["step"] % 25 == 0:  # logs without a progress bar still show progress
+        if not progress and rank == 0 and state["step"] % 25 == 0:  # logs without a bar still show progress
             recent = np.mean(state["losses"][-25:])
             print(f"train step {state['step']}/{cfg.steps} loss {recent:.3f} "
-                  f"{state['tokens'] / state['train_s']:.0f} tokens/s", flush=True)
-        if state["step"] % cfg.checkpoint_every == 0 or state["step"] == cfg.steps:
-            save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
-        if stop_after is not None and state["step"] >= stop_after:
-            save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
+                  f"{state['tokens'] / state['train_s']:.0f} tokens/s"
+                  + (f" ({world_size} workers)" if world_size > 1 else ""), flush=True)
+        last = state["step"] == cfg.steps or (stop_after is not None and state["step"] >= stop_after)
+        if state["step"] % cfg.checkpoint_every == 0 or last:
+            if rank == 0:
+                save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
+            if report is not None:
+                report(state, lr_scale)
+                reported = True
+        if last:
             break
     bar.close()
+    if report is not None and not reported:
+        report(state, lr_scale)
     model.eval()
     return state
 
 
 def save_checkpoint(model: EmbodiedLM, opt, cfg: TrainConfig, state: dict, out_dir: Path) -> Path:
-    tmp = out_dir.with_name(out_dir.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    save_file({k: v.contiguous() for k, v in model.trainable_state().items()}, tmp / "model.safetensors")
-    torch.save(opt.state_dict(), tmp / "optimizer.pt")
-    (tmp / "state.json").write_text(json.dumps(state))
-    (tmp / "config.json").write_text(json.dumps({"model": asdict(model.cfg), "train": asdict(cfg)}, indent=2))
-    old = out_dir.with_name(out_dir.name + ".old")
-    if out_dir.exists():
-        os.replace(out_dir, old)
-    os.replace(tmp, out_dir)
-    shutil.rmtree(old, ignore_errors=True)
-    return out_dir
+    with staged_dir(out_dir, overwrite=True) as tmp:
+        save_file({k: v.contiguous() for k, v in model.trainable_state().items()}, tmp / "model.safetensors")
+        torch.save(opt.state_dict(), tmp / "optimizer.pt")
+        (tmp / "state.json").write_text(json.dumps(state))
+        (tmp / "config.json").write_text(json.dumps({"model": asdict(model.cfg), "train": asdict(cfg)}, indent=2))
+    return Path(out_dir)
 
 
 def read_checkpoint_config(path: str | Path) -> dict:
@@ -206,14 +261,19 @@ def read_checkpoint_config(path: str | Path) -> dict:
     return json.loads((path / "config.json").read_text())
 
 
-def load_checkpoint(model: EmbodiedLM, path: str | Path, opt: torch.optim.Optimizer | None = None) -> dict:
-    """Load weights (and optimizer) into ``model``; refuses a checkpoint made for another model config."""
-    path = Path(path)
+def check_checkpoint(path: str | Path, model_cfg: ModelConfig) -> None:
+    """Raises ``CheckpointError`` unless ``path`` is a complete checkpoint made for ``model_cfg``."""
     saved = read_checkpoint_config(path)["model"]
-    mine = asdict(model.cfg)
+    mine = asdict(model_cfg)
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs config {mine[k]!r}" for k in mine if saved.get(k) != mine[k]]
     if diff:
         raise CheckpointError(f"{path}: made for another model config ({'; '.join(diff)})")
+
+
+def load_checkpoint(model: EmbodiedLM, path: str | Path, opt: torch.optim.Optimizer | None = None) -> dict:
+    """Load weights (and optimizer) into ``model``; refuses a checkpoint made for another model config."""
+    path = Path(path)
+    check_checkpoint(path, model.cfg)
     weights = load_file(path / "model.safetensors")
     expected = model.trainable_state()
     if set(weights) != set(expected) or any(weights[k].shape != expected[k].shape for k in weights):

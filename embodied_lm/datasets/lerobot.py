@@ -36,14 +36,11 @@ rebuilds the store exactly. Datasets from other sources are imported as far as t
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
 import os
-import secrets
-import shutil
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +48,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from embodied_lm.atomic import staged_dir
 from embodied_lm.datasets.zarr_store import Episode, ReplayReader, ReplayWriter, select_episodes
 
 __all__ = [
@@ -112,36 +110,6 @@ PathLike = str | os.PathLike[str]
 
 def _open_reader(store: PathLike | ReplayReader) -> ReplayReader:
     return store if isinstance(store, ReplayReader) else ReplayReader(store)
-
-
-def _make_temp_dir(out: Path) -> Path:
-    """A fresh hidden dir beside ``out`` (same filesystem, so the final rename is atomic).
-
-    ``os.mkdir`` honours the umask, unlike ``tempfile.mkdtemp`` (0700)."""
-    while True:
-        tmp = out.parent / f".{out.name}.{os.getpid()}.{secrets.token_hex(4)}.partial"
-        try:
-            tmp.mkdir()
-            return tmp
-        except FileExistsError:
-            continue
-
-
-@contextlib.contextmanager
-def _staged_dir(out: Path) -> Iterator[Path]:
-    """Yield an empty temp dir beside ``out``; rename it to ``out`` on success, delete it on failure."""
-    if os.path.lexists(out):
-        raise FileExistsError(f"{out}: output exists; refusing to overwrite")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(out)
-    try:
-        yield tmp
-        if os.path.lexists(out):
-            raise FileExistsError(f"{out}: output appeared while exporting; refusing to overwrite")
-        os.rename(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def _resolve_fps(fps: float | None, attrs: dict[str, Any]) -> int:
@@ -484,7 +452,7 @@ def export_lerobot(
     )
     by_feature = {m["feature"]: k for k, m in keymap.items()}
 
-    with _staged_dir(out) as root:
+    with staged_dir(out) as root:
         tasks: dict[str, int] = {}
         ep_rows: list[dict[str, Any]] = []
         all_stats: dict[str, list[dict[str, np.ndarray]]] = {}
@@ -675,9 +643,6 @@ def import_lerobot(root: PathLike, store_path: PathLike, *, episodes: Sequence[i
     tasks = _read_tasks(root)
     selected = [rows[i]["episode_index"] for i in select_episodes(len(rows), episodes)]
     rows_by_idx = {r["episode_index"]: r for r in rows}
-    if os.path.lexists(out):
-        raise FileExistsError(f"{out}: output exists; refusing to overwrite")
-
     if sidecar is not None:
         keymap = sidecar["keys"]
         columns = {m["feature"]: key for key, m in keymap.items()}
@@ -702,52 +667,43 @@ def import_lerobot(root: PathLike, store_path: PathLike, *, episodes: Sequence[i
 
     video = _VideoFrames(root, info)
     cache: dict[tuple[int, int], pa.Table] = {}
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _make_temp_dir(out)
-    store_tmp = tmp / out.name
-    try:
-        with ReplayWriter(store_tmp, attrs) as writer:
-            for ep_idx in selected:
-                row = rows_by_idx[ep_idx]
-                file_key = (int(row["data/chunk_index"]), int(row["data/file_index"]))
-                if file_key not in cache:
-                    cache.clear()
-                    path = root / info["data_path"].format(chunk_index=file_key[0], file_index=file_key[1])
-                    cache[file_key] = pq.read_table(path)
-                table = cache[file_key]
-                ep_col = table.column("episode_index").to_numpy()
-                pos = np.flatnonzero(ep_col == ep_idx)
-                if len(pos) != int(row["length"]) or (len(pos) and pos[-1] - pos[0] + 1 != len(pos)):
-                    raise ValueError(
-                        f"episode {ep_idx}: {len(pos)} rows in its data file, length says {row['length']}"
-                    )
-                part = table.slice(int(pos[0]), len(pos))
-                timestamps = _column_numpy(part.column("timestamp"), DEFAULT_FEATURES["timestamp"])
-                data: dict[str, np.ndarray] = {}
-                for name, key in columns.items():
-                    spec = features[name]
-                    if spec["dtype"] == "video":
-                        data[key] = video.frames(name, row, timestamps)
-                    else:
-                        data[key] = _column_numpy(part.column(name), spec, root)
-                if sidecar is not None:
-                    for key, m in keymap.items():
-                        want = np.dtypes.StringDType() if m["dtype"] == "str" else np.dtype(m["dtype"])
-                        data[key] = data[key].astype(want, copy=False).reshape(len(pos), *m["shape"])
-                    meta = json.loads(row[META_COLUMN])
+    with staged_dir(out) as store_tmp, ReplayWriter(store_tmp, attrs) as writer:
+        for ep_idx in selected:
+            row = rows_by_idx[ep_idx]
+            file_key = (int(row["data/chunk_index"]), int(row["data/file_index"]))
+            if file_key not in cache:
+                cache.clear()
+                path = root / info["data_path"].format(chunk_index=file_key[0], file_index=file_key[1])
+                cache[file_key] = pq.read_table(path)
+            table = cache[file_key]
+            ep_col = table.column("episode_index").to_numpy()
+            pos = np.flatnonzero(ep_col == ep_idx)
+            if len(pos) != int(row["length"]) or (len(pos) and pos[-1] - pos[0] + 1 != len(pos)):
+                raise ValueError(
+                    f"episode {ep_idx}: {len(pos)} rows in its data file, length says {row['length']}"
+                )
+            part = table.slice(int(pos[0]), len(pos))
+            timestamps = _column_numpy(part.column("timestamp"), DEFAULT_FEATURES["timestamp"])
+            data: dict[str, np.ndarray] = {}
+            for name, key in columns.items():
+                spec = features[name]
+                if spec["dtype"] == "video":
+                    data[key] = video.frames(name, row, timestamps)
                 else:
-                    ep_tasks = list(row.get("tasks") or [])
-                    first = ep_tasks[0] if ep_tasks else tasks[int(part.column("task_index")[0].as_py())]
-                    meta = {
-                        "instruction": first,
-                        "task": first,
-                        "tasks": ep_tasks or [first],
-                        "lerobot_episode_index": int(ep_idx),
-                    }
-                writer.append(Episode(data=data, meta=meta))
-        if os.path.lexists(out):
-            raise FileExistsError(f"{out}: output appeared while importing; refusing to overwrite")
-        os.rename(store_tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+                    data[key] = _column_numpy(part.column(name), spec, root)
+            if sidecar is not None:
+                for key, m in keymap.items():
+                    want = np.dtypes.StringDType() if m["dtype"] == "str" else np.dtype(m["dtype"])
+                    data[key] = data[key].astype(want, copy=False).reshape(len(pos), *m["shape"])
+                meta = json.loads(row[META_COLUMN])
+            else:
+                ep_tasks = list(row.get("tasks") or [])
+                first = ep_tasks[0] if ep_tasks else tasks[int(part.column("task_index")[0].as_py())]
+                meta = {
+                    "instruction": first,
+                    "task": first,
+                    "tasks": ep_tasks or [first],
+                    "lerobot_episode_index": int(ep_idx),
+                }
+            writer.append(Episode(data=data, meta=meta))
     return out

@@ -9,12 +9,12 @@ padded to multiples of 16 so H.264 needs no rescaling.
 from __future__ import annotations
 
 import os
-import secrets
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from embodied_lm.atomic import staged_file
 from embodied_lm.datasets.zarr_store import Episode, ReplayReader
 
 __all__ = ["render_episode", "render_frames"]
@@ -177,6 +177,7 @@ def render_episode(
     """Write episode ``index`` as ``.mp4`` (H.264 via imageio-ffmpeg) or ``.gif`` (Pillow), one frame per
     step at ``fps``; refuses an existing ``out_path`` unless ``overwrite``. Returns ``out_path``."""
     import imageio.v2 as iio
+    from imageio.v3 import imopen
 
     out = Path(out_path)
     ext = out.suffix.lower()
@@ -187,26 +188,19 @@ def render_episode(
     if os.path.lexists(out) and not overwrite:
         raise FileExistsError(f"{out}: output exists; refusing to overwrite")
     frames = render_frames(store, index, camera=camera, scale=scale)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.{secrets.token_hex(4)}.partial{ext}")
-    try:
+    with staged_file(out) as tmp:  # the temp name has no .mp4 / .gif: format and container are named
         if ext == ".gif":
             iio.mimwrite(tmp, frames, format="GIF", duration=1000.0 / fps, loop=0)
         else:
-            with iio.get_writer(
-                tmp,
-                format="FFMPEG",
-                mode="I",
+            with imopen(tmp, "wI", plugin="FFMPEG", extension=".mp4", legacy_mode=True).legacy_get_writer(
                 fps=fps,
                 codec="libx264",
                 quality=8,
                 pixelformat="yuv420p",
                 macro_block_size=16,
                 ffmpeg_log_level="error",
+                output_params=["-f", "mp4"],
             ) as w:
                 for f in frames:
                     w.append_data(f)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

@@ -11,9 +11,10 @@ spec's seed, and planners are wrapped (``EpisodeSeeded``) so that a planner with
 Generator (``random``) is reseeded at every reset from ``(planner seed, spec seed)``.  Which
 worker runs an episode, in which order, or how often it was retried changes nothing.
 
-Faults: a worker whose process dies (killed, OOM, node lost) is replaced by a new actor and its
-episode re-run, at most ``max_retries`` times per episode.  Errors raised by the episode itself
-(a bug, a bad planner argument) are not retried: they would repeat; they raise ``RolloutError``.
+Faults: a worker whose process dies (killed, OOM, node lost, timed out) is restarted by Ray (the
+actor's ``max_restarts``) and the driver hands its episode out again, at most ``max_retries`` times
+per episode.  Errors raised by the episode itself (a bug, a bad planner argument) are not retried:
+they would repeat; they raise ``RolloutError``.
 """
 
 from __future__ import annotations
@@ -41,18 +42,6 @@ from embodied_lm.evaluate import EpisodeRow, run_episode
 from embodied_lm.planners import Planner, make_planner
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import EpisodeSpec
-
-__all__ = [
-    "Dispatch",
-    "EpisodeRunner",
-    "EpisodeSeeded",
-    "RolloutError",
-    "RolloutWorker",
-    "episode_planner",
-    "init_ray",
-    "row_trace",
-    "run_parallel",
-]
 
 
 class RolloutError(RuntimeError):
@@ -149,9 +138,6 @@ class EpisodeRunner:
 
         return {"pid": os.getpid(), "host": socket.gethostname(), "node_ip": _node_ip(), "node_id": _node_id()}
 
-    def pid(self) -> int:
-        return os.getpid()
-
     def run(self, spec: EpisodeSpec | Mapping[str, Any], record: bool = False,
             die_after_steps: int | None = None):
         """-> (EpisodeRow, Episode | None).  ``die_after_steps`` is fault injection for tests."""
@@ -183,8 +169,8 @@ def _node_id() -> str | None:
 
 RolloutWorker = ray.remote(num_cpus=1)(EpisodeRunner)
 """The Ray actor: ``RolloutWorker.remote(env_config, planner_name, planner_kwargs)``; methods
-``run(spec, record, die_after_steps=None) -> (EpisodeRow, Episode | None)``, ``info()``,
-``pid()``.  Override resources with ``RolloutWorker.options(num_cpus=..., num_gpus=...)``."""
+``run(spec, record, die_after_steps=None) -> (EpisodeRow, Episode | None)`` and ``info()``.
+Override resources with ``RolloutWorker.options(num_cpus=..., num_gpus=...)``."""
 
 
 # ----------------------------------------------------------------------------- Ray start-up
@@ -252,12 +238,12 @@ class Dispatch:
 @dataclass
 class _Slot:
     index: int
-    actor: Any
-    info_ref: Any
+    actor: Any  # the same handle for the whole run: Ray restarts its process when it dies
+    info_ref: Any  # info() of its current process
     busy: int | None = None  # spec index in flight
     since: float = 0.0
     timed_out: bool = False
-    infos: list[Any] = field(default_factory=list)
+    infos: list[Any] = field(default_factory=list)  # info() of its earlier processes
 
 
 def run_parallel(
@@ -287,13 +273,13 @@ def run_parallel(
                      or disconnected (cluster) at the end.
     recorder         anything with ``append(Episode)`` (a ``ReplayWriter``): episodes are
                      appended in spec order as soon as every earlier one is in.
-    max_retries      re-runs of one episode after its worker died.
-    episode_timeout_s  kill and replace a worker whose episode runs longer (counted as a retry).
+    max_retries      re-runs of one episode after its worker died (Ray restarts the worker).
+    episode_timeout_s  kill (and so restart) a worker whose episode runs longer (counted as a retry).
     on_dispatch      called with a ``Dispatch`` after each hand-out.
     fault_injection  ``{spec_index: steps}``: on its first attempt that episode's worker SIGKILLs
                      its own process after ``steps`` steps (tests, cluster drills).
 
-    stats: episodes, workers, workers_started (incl. replacements), retries, retried_specs,
+    stats: episodes, workers, workers_started (incl. restarts), retries, retried_specs,
     worker_deaths, timeouts, out_of_order (episodes that finished before an earlier spec),
     max_buffered (recorded episodes held back for in-order writing), startup_s (until every
     worker built its env and planner), run_s (first dispatch to last result), episodes_per_s
@@ -347,11 +333,14 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
            max_retries, cpus_per_worker, gpus_per_worker, timeout_s, on_dispatch, faults):
     from tqdm import tqdm
 
-    actor_cls = RolloutWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=0)
+    # Ray restarts a worker whose process died (max_restarts=-1: as often as it takes; each episode's
+    # re-runs are bounded by max_retries below).  The episode in flight then fails (max_task_retries=0:
+    # Ray would re-run it unseen, fault injection included) and the driver hands it out again, counted.
+    actor_cls = RolloutWorker.options(num_cpus=cpus_per_worker, num_gpus=gpus_per_worker, max_restarts=-1,
+                                      max_task_retries=0)
 
-    def new_actor():
-        actor = actor_cls.remote(env_config, planner_name, planner_kwargs)
-        return actor, actor.info.remote()  # submitted first, so it runs before any episode
+    def probe(actor) -> Any:  # info() of the worker's live process: Ray holds it through a restart
+        return actor.info.options(max_task_retries=-1).remote()
 
     def init_failed(e: RayActorError) -> RolloutError:
         return RolloutError(f"worker could not start (env or planner {planner_name!r}): {_plain(e)}")
@@ -361,7 +350,7 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
                              "out_of_order": 0, "max_buffered": 0}
     queue: deque[int] = deque(range(len(specs)))
     attempts = [0] * len(specs)
-    inflight: dict[Any, _Slot] = {}  # ObjectRef of run() -> its worker
+    inflight: dict[Any, _Slot] = {}  # ObjectRef of run() (or of a restart's probe()) -> its worker
     rows: list[EpisodeRow | None] = [None] * len(specs)
     held: dict[int, Any] = {}  # recorded episodes waiting for an earlier spec
     next_write = n_ok = n_done = first_pending = 0
@@ -376,34 +365,37 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
             on_dispatch(Dispatch(i, attempts[i], slot.index, slot.actor, slot.info_ref))
 
     t_boot = time.perf_counter()
-    slots = [_Slot(i, *new_actor()) for i in range(num_workers)]
+    actors = [actor_cls.remote(env_config, planner_name, planner_kwargs) for _ in range(num_workers)]
+    slots = [_Slot(i, a, probe(a)) for i, a in enumerate(actors)]
     bar = None
     try:
         try:  # wait until every worker has built env + planner: start-up is not rollout time
             ray.get([slot.info_ref for slot in slots])
-        except RayActorError as e:
-            if e.actor_init_failed:
-                raise init_failed(e) from e
-            # a worker died while starting: its first episode fails below and is retried on a new one
+        except RayActorError as e:  # its constructor raised: not retried, it would fail again
+            raise init_failed(e) from e
         t0 = time.perf_counter()
         bar = tqdm(total=len(specs), desc=f"rollouts {planner_name} x{num_workers}", unit="ep",
                    disable=not progress, dynamic_ncols=True)
         for slot in slots:
             if queue:
                 dispatch(slot)
-        while inflight:
+        while queue or any(slot.busy is not None for slot in inflight.values()):
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0 if timeout_s else None)
             if not ready:  # only with a timeout: kill workers stuck in one episode
                 now = time.perf_counter()
                 for slot in inflight.values():
-                    if not slot.timed_out and now - slot.since > timeout_s:
+                    if slot.busy is not None and not slot.timed_out and now - slot.since > timeout_s:
                         slot.timed_out = True
                         stats["timeouts"] += 1
-                        ray.kill(slot.actor, no_restart=True)  # its ref now fails -> retried below
+                        ray.kill(slot.actor, no_restart=False)  # restarted; its ref fails -> retried below
                 continue
             ref = ready[0]
             slot = inflight.pop(ref)
             i, slot.busy = slot.busy, None
+            if i is None:  # a restarted worker is back: it takes the next episode
+                if queue:
+                    dispatch(slot)
+                continue
             try:
                 row, episode = ray.get(ref)
             except RayActorError as e:  # the worker process is gone (killed, OOM, node lost)
@@ -418,11 +410,13 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
                     ) from e
                 stats["retries"] += 1
                 stats["retried_specs"].append(i)
-                ray.kill(slot.actor, no_restart=True)
-                slot.infos.append(slot.info_ref)
-                slot.actor, slot.info_ref = new_actor()
-                stats["workers_started"] += 1
+                stats["workers_started"] += 1  # Ray restarts it
                 queue.appendleft(i)  # re-run it next, so in-order writing is not held up
+                # a call sent before the new process is up could fail too: its next episode waits for this
+                slot.infos.append(slot.info_ref)
+                slot.info_ref = probe(slot.actor)
+                inflight[slot.info_ref] = slot
+                continue
             except RayTaskError as e:  # the episode itself raised: deterministic, do not retry
                 raise RolloutError(f"spec {i} ({specs[i].task}, seed {specs[i].seed}) failed: {_plain(e)}") from e
             else:

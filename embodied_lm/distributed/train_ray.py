@@ -1,40 +1,36 @@
 """Data-parallel training on Ray Train (``TorchTrainer``, DDP: gloo on CPU, nccl on GPU).
 
-Same training as :func:`embodied_lm.train.train` -- the same optimizer groups, warm-up + cosine LR,
-gradient clipping, checkpoint format and sampler -- spread over ``num_workers`` processes:
+A launcher: every worker runs :func:`embodied_lm.train.train` -- the one training loop -- with its
+rank and the world size, the model wrapped by ``ray.train.torch.prepare_model`` (DDP when there is
+more than one worker).  What that loop does per rank:
 
-* Every rank draws the **global** batch indices from the same ``numpy`` Generator
-  (``batch_sampler``, exactly the single-process draw) and takes
-  its slice (``np.array_split(idx, world_size)[rank]``).  The union of the slices is the batch the
-  single-process trainer would use at that step, and every rank's Generator stays in the same state.
+* Every rank draws the **global** batch indices from the same ``numpy`` Generator (the
+  single-process draw) and takes its slice (``np.array_split(idx, world_size)[rank]``).  The union
+  of the slices is the batch one process would use at that step, and every rank's Generator stays
+  in the same state.
 * Each rank's loss is its slice's mean cross-entropy, scaled by ``world_size * n_rank / n_global``
   (``n`` = answer tokens).  DDP averages gradients over ranks, so the averaged gradient is the
   gradient of the global batch's mean loss -- what the single process computes -- and gradient
   clipping sees the same norm.  The reported loss is the all-reduced global mean.
-* One worker reproduces ``train()``'s loss curve bit for bit (same thread count: each worker uses
+* One worker reproduces one process's loss curve bit for bit (same thread count: each worker uses
   ``cpus_per_worker`` threads).  N workers differ from it only by float summation order and padding
   length (each slice is padded to its own longest sentence): on the tiny backbone, 8 steps, 2
   workers gave the same logged losses (rounded to 1e-5) and weights within 3e-6
   (tests/test_ray_train.py, ``precision=fp32``).  Under bf16 autocast (``precision=auto`` on a CPU
   with native bf16) rounding differs with the slice size: losses within 7e-4, weights within 1.5e-3.
-* Rank 0 writes checkpoints with :func:`embodied_lm.train.save_checkpoint` to ``checkpoint_dir``
-  (persistent, not Ray's temp dir), at the same steps as ``train()``.  The state it saves is exactly
-  ``train()``'s (step, losses, tokens, train_s, sampler RNG state), so either trainer resumes the
-  other's checkpoints, and Ray resumes with any number of workers (the global batch does not
-  depend on the world size).
+* Rank 0 writes the checkpoints to ``checkpoint_dir`` (persistent, not Ray's temp dir), so either
+  trainer resumes the other's checkpoints, and Ray resumes with any number of workers (the global
+  batch does not depend on the world size).
 * At each checkpoint step all ranks call ``ray.train.report``; rank 0 attaches a small Ray
   checkpoint (a manifest: ``state.json`` + where the real checkpoint is) so Ray records the metrics.
   Ray Train V2 returns ``Result.metrics`` only for reports that carry a checkpoint, and each report
   can block for up to ``RAY_TRAIN_HEALTH_CHECK_INTERVAL_S`` (2 s: the controller drains a
   one-slot queue at that interval), so reporting every step would cost ~2 s per step.
-* Resume scales the *configured* LR by the schedule.  (``embodied_lm.train.train`` reads its base
-  LRs after ``load_checkpoint`` has put the saved step's already-scaled LRs into the optimizer, so
-  its own resume drifts whenever that scale is not 1; this module does not inherit that.)
 
 Multi-node: every node needs the repo installed and must see ``dataset``; ``checkpoint_dir`` is
 written on rank 0's node and read by every rank on resume, so put it on a shared filesystem.
-GPU: ``optimizer.pt`` then holds CUDA tensors; ``load_checkpoint`` (no ``map_location``) can resume
-it only on a machine with a GPU.  Weights (safetensors) load anywhere.
+GPU: ``optimizer.pt`` then holds CUDA tensors; ``load_checkpoint`` maps them to the CPU, so a GPU
+run resumes anywhere.
 """
 
 from __future__ import annotations
@@ -48,13 +44,12 @@ import time
 import uuid
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
-import numpy as np
 import torch
 
 from embodied_lm.model import ModelConfig
-from embodied_lm.train import CheckpointError, TrainConfig, read_checkpoint_config
+from embodied_lm.train import TrainConfig, check_checkpoint
+from embodied_lm.train import to_device as _to_device  # noqa: F401 -- benchmarks/bench_gpu.py imports it from here
 
 __all__ = ["train_on_ray"]
 
@@ -93,7 +88,7 @@ def train_on_ray(model_cfg: ModelConfig, train_cfg: TrainConfig, dataset: str | 
     if not dataset.exists():
         raise FileNotFoundError(f"dataset {dataset} does not exist")
     if resume:
-        _check_resumable(checkpoint_dir, model_cfg)
+        check_checkpoint(checkpoint_dir, model_cfg)
     if use_gpu and address is None and not torch.cuda.is_available() and not _ray_initialized():
         # a local Ray on a machine without CUDA would never place a GPU worker: Ray Train waits forever
         raise RuntimeError(f"use_gpu=True but torch.cuda.is_available() is False on this machine "
@@ -161,14 +156,6 @@ def _ray_initialized() -> bool:
     return "ray" in sys.modules and sys.modules["ray"].is_initialized()
 
 
-def _check_resumable(path: Path, model_cfg: ModelConfig) -> None:
-    saved = read_checkpoint_config(path)["model"]  # CheckpointError when missing / incomplete
-    mine = asdict(model_cfg)
-    diff = [f"{k}: checkpoint {saved.get(k)!r} vs config {mine[k]!r}" for k in mine if saved.get(k) != mine[k]]
-    if diff:
-        raise CheckpointError(f"{path}: made for another model config ({'; '.join(diff)})")
-
-
 def _check_resources(total: dict, num_workers: int, cpus: int, use_gpu: bool) -> None:
     """A request larger than the cluster would leave Ray Train waiting forever: fail instead."""
     if use_gpu and total.get("GPU", 0) < num_workers:
@@ -196,121 +183,36 @@ def _worker_error(e: Exception) -> Exception:
 # ----------------------------------------------------------------------------- the worker loop
 
 
-def _to_device(x: Any, device: torch.device) -> Any:
-    if isinstance(x, torch.Tensor):
-        return x.to(device, non_blocking=True)
-    if isinstance(x, dict):
-        return {k: _to_device(v, device) for k, v in x.items()}
-    return x
-
-
 def _train_loop(config: dict) -> None:
-    """Runs in every Ray Train worker (rank r of world W)."""
+    """Runs in every Ray Train worker (rank r of world W): ``embodied_lm.train.train`` on its slices."""
     import ray.train
     import ray.train.torch
 
     from embodied_lm.data import examples_from_store
-    from embodied_lm.model import EmbodiedLM, autocast
-    from embodied_lm.sentence import IGNORE, collate
-    from embodied_lm.train import (
-        _lr_scale,
-        _optimizer,
-        batch_sampler,
-        load_checkpoint,
-        make_batch,
-        pretrain_relations,
-        save_checkpoint,
-    )
+    from embodied_lm.model import EmbodiedLM
+    from embodied_lm.train import train
 
     torch.set_num_threads(config["threads"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    mcfg, tcfg = ModelConfig(**config["model_cfg"]), TrainConfig(**config["train_cfg"])
     ckpt_dir = Path(config["checkpoint_dir"])
-
-    model = EmbodiedLM(mcfg, seed=config["model_seed"])  # same seed on every rank -> same init
+    model = EmbodiedLM(ModelConfig(**config["model_cfg"]), seed=config["model_seed"])  # the same on every rank
     examples = examples_from_store(config["dataset"], model.tok, model.encoder, config["families"])
-    if not examples:
-        raise ValueError("no training examples (is the dataset empty or were all episodes failures?)")
-    pad = model.tok.pad_token_id
-    # Per example: tokens (what train() counts) and answer tokens (what the loss averages over, as
-    # EmbodiedLM.forward selects them: labels[:, 1:] != IGNORE), from the project's own collate.
-    n_tokens = np.array([len(e.sentence.ids) for e in examples])
-    n_answer = np.array([int((collate([e.sentence], pad)["labels"][0, 1:] != IGNORE).sum()) for e in examples])
 
-    device = ray.train.torch.get_device()
-    if not config["resume"]:  # before DDP wraps the model: DDP then broadcasts rank 0's result
-        pretrain_relations(model, examples, tcfg)
-    ddp = ray.train.torch.prepare_model(model)  # to(device); DistributedDataParallel when world > 1
-    opt = _optimizer(model, tcfg)
-    rng = np.random.default_rng(tcfg.seed)
-    draw = batch_sampler(examples, tcfg)
-    # Before load_checkpoint: the optimizer state it loads carries the *scheduled* lr of the saved step,
-    # and the schedule must scale the configured lr (embodied_lm.train.train reads them after loading,
-    # so its resume rescales an already-scaled lr whenever the saved step's scale is not 1).
-    base_lrs = [g["lr"] for g in opt.param_groups]
-    state = {"step": 0, "losses": [], "tokens": 0, "train_s": 0.0}
-    if config["resume"]:
-        state = load_checkpoint(model, ckpt_dir, opt)  # every rank reads the same files
-        rng.bit_generator.state = state.pop("rng")
-    params = [p for p in model.parameters() if p.requires_grad]
-    stop_after = config["stop_after"]
-    lr_scale, reported = None, False
-    model.train()
-    t0 = time.perf_counter() - state["train_s"]
-    while state["step"] < tcfg.steps:
-        idx = draw(rng)  # the global batch, same on every rank
-        mine = np.array_split(idx, world)[rank]
-        n_global, n_mine = int(n_answer[idx].sum()), int(n_answer[mine].sum())
-        batch = _to_device(make_batch(examples, mine, pad), device)
-        lr_scale = _lr_scale(state["step"], tcfg)
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * lr_scale
-        with autocast(device.type, tcfg.precision):
-            loss = ddp(batch)  # mean over this slice's answer tokens
-        opt.zero_grad(set_to_none=True)
-        if world > 1:  # DDP averages over ranks -> gradient of the global batch's mean loss
-            (loss * (world * n_mine / n_global)).backward()
-        else:
-            loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if world > 1:
-            total = (loss.detach() * (n_mine / n_global)).reshape(1)
-            torch.distributed.all_reduce(total)
-            loss_value = total.item()
-        else:
-            loss_value = loss.item()
-        state["step"] += 1
-        state["losses"].append(round(loss_value, 5))
-        state["tokens"] += int(n_tokens[idx].sum())
-        state["train_s"] = time.perf_counter() - t0
-        if config["progress"] and rank == 0 and state["step"] % 25 == 0:
-            print(f"train step {state['step']}/{tcfg.steps} loss {np.mean(state['losses'][-25:]):.3f} "
-                  f"{state['tokens'] / state['train_s']:.0f} tokens/s ({world} workers)", flush=True)
-        last = state["step"] == tcfg.steps or (stop_after is not None and state["step"] >= stop_after)
-        if state["step"] % tcfg.checkpoint_every == 0 or last:
-            if rank == 0:
-                save_checkpoint(model, opt, tcfg, {**state, "rng": rng.bit_generator.state}, ckpt_dir)
-            _report(state, world, rank, lr_scale, ckpt_dir, len(examples))  # all ranks: a barrier
-            reported = True
-        if last:
-            break
-    if not reported:  # resumed a finished run: nothing to do, but the driver needs the state
-        _report(state, world, rank, lr_scale, ckpt_dir, len(examples))
-    model.eval()
+    def report(state: dict, lr_scale: float | None) -> None:  # all ranks: a barrier
+        metrics = {**state, "loss": state["losses"][-1] if state["losses"] else None, "world_size": world,
+                   "lr_scale": lr_scale, "examples": len(examples),
+                   "tokens_per_s": state["tokens"] / max(state["train_s"], 1e-9)}
+        if rank != 0:
+            ray.train.report(metrics)
+            return
+        with tempfile.TemporaryDirectory(prefix="embodied_lm_manifest_") as d:
+            manifest = {**metrics, "checkpoint_dir": str(ckpt_dir), "host": socket.gethostname()}
+            (Path(d) / "state.json").write_text(json.dumps(manifest))
+            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
 
-
-def _report(state: dict, world: int, rank: int, lr_scale: float | None, ckpt_dir: Path, n_examples: int) -> None:
-    import ray.train
-
-    metrics = {**state, "loss": state["losses"][-1] if state["losses"] else None, "world_size": world,
-               "lr_scale": lr_scale, "examples": n_examples,
-               "tokens_per_s": state["tokens"] / max(state["train_s"], 1e-9)}
-    if rank != 0:
-        ray.train.report(metrics)
-        return
-    with tempfile.TemporaryDirectory(prefix="embodied_lm_manifest_") as d:
-        manifest = {**metrics, "checkpoint_dir": str(ckpt_dir), "host": socket.gethostname()}
-        (Path(d) / "state.json").write_text(json.dumps(manifest))
-        ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(d))
+    # prepare_model after relation pretraining (on the CPU, as one process does it): DDP then
+    # broadcasts rank 0's result; progress=False: log lines (rank 0), no bar in the worker logs
+    train(model, examples, TrainConfig(**config["train_cfg"]), ckpt_dir,
+          resume=ckpt_dir if config["resume"] else None, progress=False, stop_after=config["stop_after"],
+          rank=rank, world_size=world, prepare=ray.train.torch.prepare_model, report=report)
