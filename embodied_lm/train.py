@@ -14,7 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +24,9 @@ from safetensors.torch import load_file, save_file
 from tqdm import tqdm
 
 from embodied_lm.atomic import staged_dir
+from embodied_lm.config import TrainConfig  # the one train config: defaults and checks
 from embodied_lm.data import Example
-from embodied_lm.model import PRECISIONS, EmbodiedLM, ModelConfig, autocast
+from embodied_lm.model import EmbodiedLM, ModelConfig, autocast
 from embodied_lm.sentence import IGNORE, collate
 
 SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at train.sensor_lr
@@ -33,39 +34,6 @@ SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at trai
 
 class CheckpointError(ValueError):
     """A checkpoint that is missing, incomplete or made for another config."""
-
-BALANCE = ("step", "family")
-
-
-@dataclass
-class TrainConfig:
-    steps: int = 600
-    batch_size: int = 8
-    lr: float = 1e-3  # LoRA / full LM parameters
-    sensor_lr: float = 1e-3  # encoder + projector
-    warmup: int = 30
-    weight_decay: float = 0.0
-    seed: int = 0
-    checkpoint_every: int = 200
-    precision: str = "auto"  # auto (bf16 autocast where native) | bf16 | fp32
-    relation_steps: int = 0  # encoder-only relation pretraining steps before the LM sees anything
-    balance: str = "step"  # step: every example (plan step) equally likely | family: every task family
-    family_weights: dict[str, float] = field(default_factory=dict)  # balance=family: odds per family (1)
-
-    def __post_init__(self) -> None:
-        if self.relation_steps < 0:
-            raise ValueError(f"train.relation_steps must be >= 0, got {self.relation_steps}")
-        for k in ("steps", "batch_size", "checkpoint_every"):
-            if getattr(self, k) < 1:
-                raise ValueError(f"train.{k} must be >= 1, got {getattr(self, k)}")
-        if self.balance not in BALANCE:
-            raise ValueError(f"train.balance must be one of {BALANCE}, got {self.balance!r}")
-        if any(w <= 0 for w in self.family_weights.values()):
-            raise ValueError(f"train.family_weights must be positive, got {self.family_weights}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"train.precision must be one of {PRECISIONS}, got {self.precision!r}")
-        if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
-            raise ValueError("train.lr and train.sensor_lr must be in (0, 1)")
 
 
 def make_batch(examples: list[Example], idx: np.ndarray, pad_id: int) -> dict:

@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from embodied_lm.decode import Trie, grammar_calls, greedy
+from embodied_lm.decode import Trie, greedy
 from embodied_lm.model import EmbodiedLM, ModelConfig
 from embodied_lm.sentence import IGNORE, SentenceError, build_sentence, collate, inject
 from skills import parse
+from skills.vocab import all_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -81,7 +82,7 @@ def test_constrained_decoding_never_emits_an_unparsable_step(tiny):
         names = [f"obj_{k}" for k in sorted(rng.choice(np.arange(1, 17), size=n, replace=False))]
         kinds = [["block", "bowl"][int(rng.random() < 0.3)] for _ in names]
         fake = _RandomLogits(len(tiny.tok), seed=trial)
-        text = greedy(fake, torch.zeros(1, 3, 1), tiny.tok, Trie(tiny.tok, grammar_calls(names, kinds)))
+        text = greedy(fake, torch.zeros(1, 3, 1), tiny.tok, Trie(tiny.tok, all_calls(names, kinds)))
         call = parse(text)  # raises if unparsable
         objs = [w for w in str(call).split() if w.startswith("obj_")]
         assert all(o in names for o in objs), (text, names)
@@ -95,7 +96,8 @@ def test_greedy_equals_full_recompute_and_lora_merge_keeps_the_model(tiny):
     """KV-cache greedy that skips forward passes for forced tokens picks exactly what argmax over the
     allowed tokens of a full, cache-free forward gives at every position; folding LoRA into the weights
     for inference keeps logits and plans, and train() takes it out again."""
-    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0).eval()
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora", lora_targets=["q_proj", "v_proj"]),
+                       seed=0).eval()
     g = torch.Generator().manual_seed(0)
     for name, p in model.lm.named_parameters():
         if "lora_B" in name:  # zero at init: make the adapters matter
@@ -126,7 +128,7 @@ def test_greedy_equals_full_recompute_and_lora_merge_keeps_the_model(tiny):
         for _ in range(12):
             names = [f"obj_{k}" for k in sorted(rng.choice(np.arange(1, 17), size=int(rng.integers(2, 9)),
                                                            replace=False))]
-            tries.append(Trie(model.tok, grammar_calls(names, ["block"] * len(names))))
+            tries.append(Trie(model.tok, all_calls(names, ["block"] * len(names))))
         plans = [greedy(model, embeds, model.tok, t) for t in tries]
         assert plans == [brute(t, embeds) for t in tries]
         assert len(set(plans)) > 1  # the scenes lead to different calls: the comparison has teeth
@@ -226,22 +228,23 @@ def test_smoke_preset_end_to_end(tmp_path):
 def test_family_balanced_batches():
     """balance=family draws every task family equally often (or at its family_weights odds), however
     many steps its examples have; absent families' weights are unused."""
-    from embodied_lm.config import ConfigError, TrainSettings
+    from embodied_lm.config import ConfigError, TrainConfig
     from embodied_lm.data import Example
-    from embodied_lm.train import TrainConfig, batch_sampler
+    from embodied_lm.train import batch_sampler
 
     examples = [Example(None, {}, "p2_stack")] * 90 + [Example(None, {}, "q1_color")] * 10
     rng = np.random.default_rng(0)
-    for kw, q1_share in (({"balance": "family"}, 0.5), ({"balance": "step"}, 0.1),
+    for kw, q1_share in (({"balance": "family", "family_weights": {}}, 0.5),
+                         ({"balance": "step", "family_weights": {}}, 0.1),
                          ({"balance": "family", "family_weights": {"p2_stack": 3, "p1_grasp": 9}}, 0.25)):
         draw = batch_sampler(examples, TrainConfig(batch_size=1000, **kw))
         idx = draw(rng)
         assert abs(np.mean([examples[i].task == "q1_color" for i in idx]) - q1_share) < 0.05
-    with pytest.raises(ValueError, match="train.balance"):
+    with pytest.raises(ConfigError, match="train.balance"):
         TrainConfig(balance="task")
-    with pytest.raises(ConfigError, match="unknown family 'p2_stak'"):
-        TrainSettings(family_weights={"p2_stak": 3})
+    with pytest.raises(ConfigError, match="unknown.*p2_stak"):
+        TrainConfig(family_weights={"p2_stak": 3})
     with pytest.raises(ConfigError, match="p2_stack must be a positive number"):
-        TrainSettings(family_weights={"p2_stack": 0})
+        TrainConfig(family_weights={"p2_stack": 0})
     with pytest.raises(ConfigError, match="need train.balance=family"):
-        TrainSettings(balance="step", family_weights={"p2_stack": 3})
+        TrainConfig(balance="step", family_weights={"p2_stack": 3})
