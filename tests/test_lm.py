@@ -96,8 +96,8 @@ def test_greedy_equals_full_recompute_and_lora_merge_keeps_the_model(tiny):
     """KV-cache greedy that skips forward passes for forced tokens picks exactly what argmax over the
     allowed tokens of a full, cache-free forward gives at every position; folding LoRA into the weights
     for inference keeps logits and plans, and train() takes it out again."""
-    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora", lora_targets=["q_proj", "v_proj"]),
-                       seed=0).eval()
+    cfg = ModelConfig(backbone="tiny", sensors="state", mode="lora", lora_targets=["q_proj", "v_proj"])
+    model = EmbodiedLM(cfg, seed=0).eval()
     g = torch.Generator().manual_seed(0)
     for name, p in model.lm.named_parameters():
         if "lora_B" in name:  # zero at init: make the adapters matter
