@@ -52,9 +52,9 @@ def bench(examples_path: str, backbone: str, steps: int, batch_sizes: list[int],
           profile: int = 0) -> dict:
     from embodied_lm.data import Example
     from embodied_lm.decode import Trie, grammar_calls, greedy
-    from embodied_lm.distributed.train_ray import _to_device as _to  # Ray Train's own (imports no Ray)
     from embodied_lm.model import EmbodiedLM, ModelConfig, autocast
     from embodied_lm.train import TrainConfig, load_checkpoint, make_batch, pretrain_relations, save_checkpoint
+    from embodied_lm.train import to_device as _to  # what Ray Train workers use
 
     device = torch.device("cuda")
     examples = [Example(*e) for e in torch.load(examples_path, weights_only=False)]

@@ -50,6 +50,7 @@ import pyarrow.parquet as pq
 
 from embodied_lm.atomic import staged_dir
 from embodied_lm.datasets.zarr_store import Episode, ReplayReader, ReplayWriter, select_episodes
+from embodied_lm.ros.messages import JOINT_NAMES
 
 __all__ = [
     "CODEBASE_VERSION",
@@ -96,7 +97,7 @@ SIDECAR_PATH = "meta/embodied_lm.json"
 SIDECAR_FORMAT = "embodied_lm.lerobot/1"
 META_COLUMN = "embodied_lm/meta"  # episodes parquet: the store's per-episode meta as JSON
 SOURCE_COLUMN = "embodied_lm/source_episode"  # episodes parquet: episode index in the source store
-PANDA_JOINTS = [*(f"panda_joint{i}" for i in range(1, 8)), "panda_finger_joint1", "panda_finger_joint2"]
+PANDA_JOINTS = list(JOINT_NAMES)
 STATE_NAMES = [*PANDA_JOINTS, "ee_x", "ee_y", "ee_z", "ee_qx", "ee_qy", "ee_qz", "ee_qw"]
 OBJECT_FIELDS = ["present", "kind", "color", "x", "y", "z", "qx", "qy", "qz", "qw", "support", "size"]
 _STATS_ELEMENTWISE_MAX = 1024  # per-step arrays larger than this (depth, masks) get scalar stats

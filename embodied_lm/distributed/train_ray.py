@@ -49,7 +49,6 @@ import torch
 
 from embodied_lm.model import ModelConfig
 from embodied_lm.train import TrainConfig, check_checkpoint
-from embodied_lm.train import to_device as _to_device  # noqa: F401 -- benchmarks/bench_gpu.py imports it from here
 
 __all__ = ["train_on_ray"]
 
