@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from embodied_lm.sentence import Sentence, build_sentence
+from skills.vocab import Col
 
 _MENTION = re.compile(r"\bobj_([1-9][0-9]*)\b")
 
@@ -38,7 +39,7 @@ def prompt_text(instruction: str, history: Sequence[str], kind: str, present: Se
 
 def present_slots(objects: np.ndarray) -> list[int]:
     """1-based slots of the objects present in an ``objects`` array (16, 12)."""
-    return [i + 1 for i in np.nonzero(objects[:, 0] > 0.5)[0]]
+    return [i + 1 for i in np.nonzero(objects[:, Col.PRESENT] > 0.5)[0]]
 
 
 @dataclass

@@ -1,8 +1,9 @@
 """Greedy decoding with a KV cache, optionally grammar-constrained.
 
 Constrained decoding walks a token trie of every well-formed skill call over the objects in the
-current scene (plus ``done`` and the answers), so each emitted step parses into a valid call — the
-model still chooses which one; feasibility (is the block clear?) is NOT encoded in the grammar.
+current scene, plus ``done`` and the answers (``skills.vocab.all_calls``), so each emitted step parses
+into a valid call — the model still chooses which one; feasibility (is the block clear?) is NOT encoded
+in the grammar.
 """
 
 from __future__ import annotations
@@ -10,30 +11,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-
-from skills.calls import CORNERS, DIRECTIONS, SIDES
-
-COLOR_ANSWERS = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "cyan", "brown", "white")
-
-
-def grammar_calls(names: Sequence[str], kinds: Sequence[str] | None = None) -> list[str]:
-    """Every well-formed call over ``names`` (bowls get ``in``, blocks ``on``; unknown kinds get both)."""
-    kinds = list(kinds) if kinds is not None else ["?"] * len(names)
-    out = ["done", "answer yes", "answer no"] + [f"answer {c}" for c in COLOR_ANSWERS]
-    for a in names:
-        out.append(f"pick {a}")
-        out.append(f"place {a} on table")
-        for b, kb in zip(names, kinds):
-            if b == a:
-                continue
-            if kb in ("block", "?"):
-                out.append(f"place {a} on {b}")
-                out.append(f"push {a} to {b}")
-            if kb in ("bowl", "?"):
-                out.append(f"place {a} in {b}")
-        out += [f"push {a} {d}" for d in DIRECTIONS] + [f"push {a} to {c} corner" for c in CORNERS]
-        out += [f"push {a} to {s} side" for s in SIDES]
-    return out
 
 
 class Trie:

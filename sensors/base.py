@@ -19,11 +19,9 @@ import torch
 from torch import Tensor, nn
 
 from sensors.checks import check_array
+from sensors.layers import mlp
+from skills.vocab import COLOR_NAMES, MAX_OBJECTS, OBJECT_FEATURES  # noqa: F401  (tests import COLOR_NAMES here)
 
-MAX_OBJECTS = 16  # == sim.world.MAX_OBJECTS (sensors never imports the simulator)
-OBJECT_FEATURES = 12  # columns of obs["objects"]: present, kind, colour, xyz, quat xyzw, support, size
-KINDS = ("block", "bowl")
-COLOR_NAMES = ("red", "green", "blue", "yellow", "purple", "orange", "pink", "cyan", "brown", "white")
 Obs = dict[str, Any]
 Cameras = dict[str, dict[str, Any]]
 
@@ -36,6 +34,11 @@ def get_obs(obs: Obs, key: str, shape: Sequence[int | None], dtypes: Sequence[An
         have = sorted(obs) if isinstance(obs, dict) else type(obs).__name__
         raise ValueError(f"obs: missing {key!r} (has {have})")
     return check_array(key, obs[key], shape, dtypes)
+
+
+def get_objects(obs: Obs) -> np.ndarray:
+    """``obs["objects"]``: (MAX_OBJECTS, OBJECT_FEATURES) rows, columns ``skills.vocab.Col``."""
+    return get_obs(obs, "objects", (MAX_OBJECTS, OBJECT_FEATURES), (np.float32, np.float64))
 
 
 def get_camera(cameras: Cameras, cam: str) -> tuple[np.ndarray, np.ndarray]:
@@ -154,6 +157,28 @@ def image_check(obs: Obs, cfg: ImageConfig, key: str) -> np.ndarray:
     if key.startswith("depth_"):
         return get_obs(obs, key, (h, w), (np.float32,))
     return get_obs(obs, key, (h, w), (np.int16, np.int32))
+
+
+def rgbd(obs: Obs, cfg: ImageConfig, cameras: Cameras) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The configured camera's RGB (H, W, 3) uint8 and depth (H, W) float32, then its K and world_from_camera."""
+    rgb, depth = image_check(obs, cfg, f"rgb_{cfg.camera}"), image_check(obs, cfg, f"depth_{cfg.camera}")
+    return rgb, depth, *get_camera(cameras, cfg.camera)
+
+
+class PooledObjectEncoder(Encoder):
+    """An objects encoder that pools one feature per object from a camera and adds the object's geometry:
+    (feature, geometry) -> MLP head -> LayerNorm; absent objects get zero tokens (``object``, ``pointcloud``)."""
+
+    kind = "objects"
+
+    def _build_head(self, in_dim: int) -> None:
+        c = self.config
+        self.head = mlp([in_dim, c.hidden, c.dim])
+        self.ln = nn.LayerNorm(c.dim)
+
+    def _tokens(self, feat: Tensor, geo: Tensor, present: Tensor) -> tuple[Tensor, Tensor]:
+        present = present.bool()  # (B, N)
+        return self.ln(self.head(torch.cat([feat, geo], -1))) * present[..., None], present
 
 
 # -------------------------------------------------------------------------------------------------

@@ -16,19 +16,17 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from sensors.base import (
-    MAX_OBJECTS,
-    OBJECT_FEATURES,
     Cameras,
-    Encoder,
     ImageConfig,
     Obs,
-    get_camera,
-    get_obs,
+    PooledObjectEncoder,
+    get_objects,
     image_check,
     register_encoder,
+    rgbd,
 )
-from sensors.layers import mlp
 from sensors.segmentation import backproject
+from skills.vocab import MAX_OBJECTS, Col
 
 GEO_FEATURES = 7  # visible, u, v, sqrt(area), world x, y, z
 
@@ -54,8 +52,7 @@ class ObjectConfig(ImageConfig):
 
 
 @register_encoder("object")
-class ObjectEncoder(Encoder):
-    kind = "objects"
+class ObjectEncoder(PooledObjectEncoder):
     config_cls = ObjectConfig
 
     def __init__(self, config: ObjectConfig):
@@ -68,15 +65,12 @@ class ObjectEncoder(Encoder):
             layers += [nn.Conv2d(cin, cout, 3, stride=stride, padding=1), nn.GroupNorm(1, cout), nn.GELU()]
             cin = cout
         self.backbone = nn.Sequential(*layers)  # (B, C, H/4, W/4)
-        self.head = mlp([c.channels[-1] + GEO_FEATURES, c.hidden, c.dim])
-        self.ln = nn.LayerNorm(c.dim)
+        self._build_head(c.channels[-1] + GEO_FEATURES)
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
         c = self.config
-        rgb = image_check(obs, c, f"rgb_{c.camera}")
-        depth = image_check(obs, c, f"depth_{c.camera}")
+        rgb, depth, K, T = rgbd(obs, c, cameras)
         mask = image_check(obs, c, f"mask_{c.camera}")
-        K, T = get_camera(cameras, c.camera)
         h, w = c.image_size
         world = backproject(depth, K, T)  # (H, W, 3)
         geo = np.zeros((MAX_OBJECTS, GEO_FEATURES), np.float32)
@@ -88,7 +82,7 @@ class ObjectEncoder(Encoder):
             xyz = (world[sel].mean(0) - np.asarray(c.xyz_center)) / c.xyz_scale
             geo[k - 1] = [1.0, u[sel].mean() / w, v[sel].mean() / h, np.sqrt(sel.mean()), *xyz]
         if "objects" in obs:  # every existing object gets a token, visible or not (flag in geo[:, 0])
-            present = get_obs(obs, "objects", (MAX_OBJECTS, OBJECT_FEATURES), (np.float32, np.float64))[:, 0] > 0.5
+            present = get_objects(obs)[:, Col.PRESENT] > 0.5
         else:
             present = geo[:, 0] > 0
         return {"rgb": np.ascontiguousarray(rgb), "depth": depth.astype(np.float32),
@@ -105,6 +99,4 @@ class ObjectEncoder(Encoder):
         onehot = (batch["mask"][:, None].long() == ids).float()  # (B, N, H, W)
         wts = F.adaptive_avg_pool2d(onehot, f.shape[-2:])  # (B, N, h, w): fraction of each cell on object k
         pooled = torch.einsum("bnhw,bchw->bnc", wts, f) / wts.sum((2, 3)).clamp_min(1e-6)[..., None]  # (B, N, C)
-        present = batch["present"].bool()  # (B, N)
-        tokens = self.ln(self.head(torch.cat([pooled, batch["geo"].float()], -1))) * present[..., None]
-        return tokens, present
+        return self._tokens(pooled, batch["geo"].float(), batch["present"])

@@ -16,20 +16,10 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from sensors.base import (
-    MAX_OBJECTS,
-    OBJECT_FEATURES,
-    Cameras,
-    Encoder,
-    ImageConfig,
-    Obs,
-    get_camera,
-    get_obs,
-    image_check,
-    register_encoder,
-)
+from sensors.base import Cameras, ImageConfig, Obs, PooledObjectEncoder, get_objects, register_encoder, rgbd
 from sensors.layers import mlp
 from sensors.segmentation import assign_to_slots, segment_objects
+from skills.vocab import MAX_OBJECTS
 
 _SEG_KEYS = set(inspect.signature(segment_objects).parameters) - {"rgb", "depth", "K", "world_from_camera"}
 
@@ -55,30 +45,25 @@ class PointCloudConfig(ImageConfig):
 
 
 @register_encoder("pointcloud")
-class PointCloudEncoder(Encoder):
-    kind = "objects"
+class PointCloudEncoder(PooledObjectEncoder):
     config_cls = PointCloudConfig
 
     def __init__(self, config: PointCloudConfig):
         super().__init__(config)
         c = config
         self.point_net = nn.Sequential(mlp([6, *c.point_mlp]), nn.GELU())  # shared over points
-        self.head = mlp([c.point_mlp[-1] + 6, c.hidden, c.dim])
-        self.ln = nn.LayerNorm(c.dim)
+        self._build_head(c.point_mlp[-1] + 6)
         self.register_buffer("center", torch.tensor(c.xyz_center, dtype=torch.float32), persistent=False)
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
         c = self.config
-        rgb = image_check(obs, c, f"rgb_{c.camera}")
-        depth = image_check(obs, c, f"depth_{c.camera}")
-        K, T = get_camera(cameras, c.camera)
+        rgb, depth, K, T = rgbd(obs, c, cameras)
         dets = segment_objects(rgb, depth, K, T, **c.segmentation)
         if "objects" in obs:
             # EVALUATION-ONLY association in sim: match detections to the env's object slots so that
             # token j is obj_{j+1} and the LM's entity referrals line up.  A real robot has no such array:
             # there slot j is simply the j-th detection (sorted by x, then y).
-            objects = get_obs(obs, "objects", (MAX_OBJECTS, OBJECT_FEATURES), (np.float32, np.float64))
-            slots = assign_to_slots(dets, objects)
+            slots = assign_to_slots(dets, get_objects(obs))
         else:
             slots = list(range(min(len(dets), MAX_OBJECTS))) + [-1] * max(0, len(dets) - MAX_OBJECTS)
         points = np.zeros((MAX_OBJECTS, c.n_points, 6), np.float32)
@@ -103,6 +88,4 @@ class PointCloudEncoder(Encoder):
         feat = self.point_net(pts).amax(2)  # (B, N, F): max over points (order-invariant)
         box = batch["box"].float()
         geo = torch.cat([(box[..., :3] - self.center) / c.xyz_scale, box[..., 3:] / c.rel_scale], -1)  # (B, N, 6)
-        present = batch["present"].bool()  # (B, N)
-        tokens = self.ln(self.head(torch.cat([feat, geo], -1))) * present[..., None]  # (B, N, D)
-        return tokens, present
+        return self._tokens(feat, geo, batch["present"])  # (B, N, D)

@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from sensors.base import COLOR_NAMES, MAX_OBJECTS
+from skills.vocab import COLOR_NAMES, MAX_OBJECTS, Col
 
 FACTS = ("colour", "support", "above", "top")
 WORDS = (*COLOR_NAMES, "table", "nothing", "hand")
@@ -35,8 +35,8 @@ SPECIALS_OF = {"support": ("table", "hand"), "above": ("nothing",), "top": ()}  
 def _stacks(objects: Tensor) -> tuple[Tensor, ...]:
     """(B, N, 12) object rows -> present, support (0 table, k = obj_k, -1 held), covered, above (row of
     the object on each, itself if none) and top (row of the top of its stack); each (B, N)."""
-    present = objects[..., 0] > 0.5
-    support = objects[..., 10].round().long()
+    present = objects[..., Col.PRESENT] > 0.5
+    support = objects[..., Col.SUPPORT].round().long()
     B, N = support.shape
     slot = torch.arange(1, N + 1, device=objects.device)  # obj_k of row k-1
     rows = torch.arange(N, device=objects.device).expand(B, N)
@@ -53,7 +53,7 @@ def _stacks(objects: Tensor) -> tuple[Tensor, ...]:
 def relation_facts(objects: Tensor) -> Tensor:
     """(B, N, 12) object rows -> (B, N, len(FACTS)) long indices into ``WORDS``; IGNORE for absent rows."""
     present, support, covered, above, top = _stacks(objects)
-    color = objects[..., 2].long().clamp(0, len(COLOR_NAMES) - 1)  # (B, N)
+    color = objects[..., Col.COLOR].long().clamp(0, len(COLOR_NAMES) - 1)  # (B, N)
     on_color = color.gather(1, (support - 1).clamp(0, support.shape[1] - 1))
     facts = torch.stack([
         color,

@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sensors.checks import check_array
+from skills.vocab import OBJECT_FEATURES, Col
 
 Box = tuple[tuple[float, float], tuple[float, float]]
 
@@ -149,20 +150,20 @@ def segment_objects(
 def assign_to_slots(detections: list[Detection], objects: np.ndarray, max_dist: float = 0.05) -> list[int]:
     """EVALUATION ONLY (sim): match detections to the sim's object slots by nearest xy centroid.
 
-    ``objects`` is the env's (16, 12) array (present, kind, colour, x, y, z, ...).  Returns, for each
+    ``objects`` is the env's (16, 12) array (columns ``skills.vocab.Col``).  Returns, for each
     detection, the slot index j (so the detection plays ``obj_{j+1}``) or -1 when unmatched (no present
     object within ``max_dist`` metres, or more detections than objects).  A tower matches its top block's
     slot only if the xy fits; its other blocks stay unmatched.  Uses the Hungarian algorithm (scipy)
     when available, otherwise greedy nearest pairs.  A real robot has no ``objects`` array: there,
     slots are simply the detection order.
     """
-    objects = check_array("objects", np.asarray(objects), (None, 12), (np.float32, np.float64))
-    present = np.flatnonzero(objects[:, 0] > 0.5)
+    objects = check_array("objects", np.asarray(objects), (None, OBJECT_FEATURES), (np.float32, np.float64))
+    present = np.flatnonzero(objects[:, Col.PRESENT] > 0.5)
     out = [-1] * len(detections)
     if not detections or present.size == 0:
         return out
     det_xy = np.stack([d.centroid[:2] for d in detections]).astype(np.float64)  # (D, 2)
-    obj_xyz = objects[present, 3:6].astype(np.float64)  # (O, 3)
+    obj_xyz = objects[present, Col.XYZ].astype(np.float64)  # (O, 3)
     # xy distance, with height as a tie-breaker so a tower prefers its top block (the one seen from above).
     top_z = np.array([d.points[:, 2].max() for d in detections])
     cost = np.linalg.norm(det_xy[:, None] - obj_xyz[None, :, :2], axis=-1)  # (D, O)

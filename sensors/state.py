@@ -21,19 +21,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sensors.base import (
-    COLOR_NAMES,
-    KINDS,
-    MAX_OBJECTS,
-    OBJECT_FEATURES,
-    Cameras,
-    Encoder,
-    EncoderConfig,
-    Obs,
-    get_obs,
-    register_encoder,
-)
+from sensors.base import Cameras, Encoder, EncoderConfig, Obs, get_objects, register_encoder
 from sensors.layers import mlp
+from skills.vocab import COLOR_NAMES, KINDS, Col
 
 NODE_FEATURES = len(KINDS) + len(COLOR_NAMES) + 3 + 2 + 1  # 18
 EDGE_FEATURES = 4  # dx, dy, dz, |dxy|
@@ -67,12 +57,12 @@ class StateConfig(EncoderConfig):
 
 def object_features(objects: Tensor, center: Tensor, scale: float) -> Tensor:
     """(B, 16, 12) env object rows -> (B, 16, 18) node features (support column ignored)."""
-    kind = F.one_hot(objects[..., 1].long().clamp(0, len(KINDS) - 1), len(KINDS)).float()  # (B, N, 2)
-    color = F.one_hot(objects[..., 2].long().clamp(0, len(COLOR_NAMES) - 1), len(COLOR_NAMES)).float()
-    xyz = (objects[..., 3:6] - center) / scale  # (B, N, 3)
-    qx, qy, qz, qw = objects[..., 6:10].unbind(-1)
+    kind = F.one_hot(objects[..., Col.KIND].long().clamp(0, len(KINDS) - 1), len(KINDS)).float()  # (B, N, 2)
+    color = F.one_hot(objects[..., Col.COLOR].long().clamp(0, len(COLOR_NAMES) - 1), len(COLOR_NAMES)).float()
+    xyz = (objects[..., Col.XYZ] - center) / scale  # (B, N, 3)
+    qx, qy, qz, qw = objects[..., Col.QUAT].unbind(-1)
     yaw = torch.atan2(2 * (qw * qz + qx * qy), 1 - 2 * (qy * qy + qz * qz))  # (B, N)
-    size = objects[..., 11:12] / scale  # (B, N, 1)
+    size = objects[..., Col.SIZE, None] / scale  # (B, N, 1)
     return torch.cat([kind, color, xyz, yaw.sin()[..., None], yaw.cos()[..., None], size], -1)
 
 
@@ -114,17 +104,16 @@ class StateEncoder(Encoder):
         self.register_buffer("center", torch.tensor(c.xyz_center, dtype=torch.float32), persistent=False)
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
-        objects = get_obs(obs, "objects", (MAX_OBJECTS, OBJECT_FEATURES), (np.float32, np.float64))
-        return {"objects": objects.astype(np.float32)}
+        return {"objects": get_objects(obs).astype(np.float32)}
 
     def _nodes(self, objects: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
         """(B, N, 12) rows -> node states (B, N, H), present (B, N), pair geometry (B, N, N, 4) or None."""
         c = self.config
-        present = objects[..., 0] > 0.5  # (B, N)
+        present = objects[..., Col.PRESENT] > 0.5  # (B, N)
         h = self.node(object_features(objects, self.center, c.xyz_scale))  # (B, N, H)
         if not c.relational:
             return h, present, None
-        xyz = objects[..., 3:6] / c.rel_scale  # (B, N, 3)
+        xyz = objects[..., Col.XYZ] / c.rel_scale  # (B, N, 3)
         d = xyz[:, None, :, :] - xyz[:, :, None, :]  # (B, N_i, N_j, 3): position of j relative to i
         rel = torch.cat([d, d[..., :2].norm(dim=-1, keepdim=True)], -1)  # (B, N, N, 4)
         hj = h[:, None, :, :].expand(-1, h.shape[1], -1, -1)  # (B, N, N, H)

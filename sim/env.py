@@ -21,12 +21,21 @@ import numpy as np
 from gymnasium import spaces
 
 from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS, EpisodeSpec, TaskEpisode, build_episode
-from sim.world import MAX_OBJECTS, OBJECT_FEATURES, World, WorldConfig
-from skills import Answer, Done, SkillLibrary, parse
-from skills.calls import CORNERS, DIRECTIONS, SIDES
+from sim.world import World, WorldConfig
+from skills import Answer, Done, Pick, Place, Push, SkillCall, SkillLibrary, parse
+from skills.vocab import MAX_OBJECTS, OBJECT_FEATURES, all_calls
 
 CHARSET = string.ascii_letters + string.digits + " .,?!:;_-'()"
 MAX_TEXT = 256
+_VERB_RANK = {Done: 0, Pick: 1, Place: 2, Push: 3}
+
+
+def _historical_rank(call: SkillCall, names: list[str]) -> tuple[int, int, bool]:
+    """``valid_actions``' order before it used ``all_calls``: done, picks, places, then each block's
+    pushes, "push a to b" after the fixed targets."""
+    if isinstance(call, Push):
+        return 3, names.index(call.obj), call.to_obj is not None
+    return _VERB_RANK[type(call)], 0, False
 
 
 @dataclass
@@ -136,18 +145,12 @@ class TabletopEnv(gym.Env):
             return [f"answer {a}" for a in ep.family.answers()]
         objs = self.world.object_infos()
         robot = self.world.robot
-        held = robot.held()
         names = sorted(objs, key=lambda n: int(n.split("_")[1]))
-        blocks = [n for n in names if objs[n].kind == "block"]
-        cands = ["done"] + [f"pick {b}" for b in blocks]
-        if held is not None:
-            cands.append(f"place {held} on table")
-            cands += [f"place {held} {'in' if objs[n].kind == 'bowl' else 'on'} {n}" for n in names if n != held]
-        for b in blocks:
-            cands += [f"push {b} {d}" for d in DIRECTIONS] + [f"push {b} to {c} corner" for c in CORNERS]
-            cands += [f"push {b} to {s} side" for s in SIDES]
-            cands += [f"push {b} to {o}" for o in blocks if o != b]
-        return [c for c in cands if self.skills.check(parse(c), robot) is None]
+        calls = [parse(c) for c in all_calls(names, [objs[n].kind for n in names], robot.held(), answers=False)]
+        ok = [c for c in calls if self.skills.check(c, robot) is None]
+        # The random planner indexes this list with a seeded rng: keep its historical order so that its
+        # results (README) stand.
+        return [str(c) for c in sorted(ok, key=lambda c: _historical_rank(c, names))]
 
     # -- internals ---------------------------------------------------------------------------------
     def _sample_spec(self) -> EpisodeSpec:

@@ -17,27 +17,17 @@ import pybullet_data
 from sim.camera import CameraConfig, render
 from skills import scene
 from skills.robot import ObjectInfo, Workspace
-
-# Name -> RGBA.  Eight or more distinct, easily named colours.
-COLORS: dict[str, tuple[float, float, float, float]] = {
-    "red": (0.85, 0.12, 0.10, 1),
-    "green": (0.15, 0.65, 0.20, 1),
-    "blue": (0.12, 0.30, 0.85, 1),
-    "yellow": (0.95, 0.85, 0.10, 1),
-    "purple": (0.55, 0.20, 0.70, 1),
-    "orange": (0.98, 0.50, 0.05, 1),
-    "pink": (0.98, 0.55, 0.75, 1),
-    "cyan": (0.10, 0.80, 0.85, 1),
-    "brown": (0.50, 0.30, 0.12, 1),
-    "white": (0.95, 0.95, 0.95, 1),
-}
-COLOR_NAMES = tuple(COLORS)
-KINDS = ("block", "bowl")
-BLOCK_SIZE = 0.04
-BOWL_SIZE = 0.10
-BOWL_HEIGHT = 0.03
-MAX_OBJECTS = 16
-OBJECT_FEATURES = 12  # see World.object_array
+from skills.vocab import (
+    BLOCK_SIZE,
+    BOWL_HEIGHT,
+    BOWL_SIZE,
+    COLOR_NAMES,
+    COLORS,
+    KINDS,
+    MAX_OBJECTS,
+    OBJECT_FEATURES,
+    Col,
+)
 
 
 @dataclass
@@ -216,15 +206,18 @@ class World:
         return rows
 
     def object_array(self) -> np.ndarray:
-        """(MAX_OBJECTS, 12) float32: present, kind, colour index, xyz, quat xyzw, support slot (0 = table,
-        k = obj_k, -1 = air/held), size.  Rows beyond the scene are zero."""
+        """(MAX_OBJECTS, OBJECT_FEATURES) float32 rows, columns ``skills.vocab.Col``; support is the slot
+        (0 = table, k = obj_k, -1 = air/held).  Rows beyond the scene are zero."""
         arr = np.zeros((MAX_OBJECTS, OBJECT_FEATURES), np.float32)
-        for i, row in enumerate(self.state()):
+        for r, row in zip(arr, self.state()):
             on = row["on"]
-            support = 0 if on == "table" else -1 if on in ("air", "gripper") else int(on.split("_")[1])
-            size = BLOCK_SIZE if row["kind"] == "block" else BOWL_SIZE
-            arr[i] = [1, KINDS.index(row["kind"]), COLOR_NAMES.index(row["color"]), *row["position"],
-                      *row["orientation"], support, size]
+            r[Col.PRESENT] = 1
+            r[Col.KIND] = KINDS.index(row["kind"])
+            r[Col.COLOR] = COLOR_NAMES.index(row["color"])
+            r[Col.XYZ] = row["position"]
+            r[Col.QUAT] = row["orientation"]
+            r[Col.SUPPORT] = 0 if on == "table" else -1 if on in ("air", "gripper") else int(on.split("_")[1])
+            r[Col.SIZE] = BLOCK_SIZE if row["kind"] == "block" else BOWL_SIZE
         return arr
 
     # -- sensing ----------------------------------------------------------------------------

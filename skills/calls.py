@@ -23,9 +23,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-DIRECTIONS = ("left", "right", "up", "down")
-SIDES = ("left", "right", "top", "bottom")
-CORNERS = ("top left", "top right", "bottom left", "bottom right")
+from skills.vocab import CORNERS, DIRECTIONS, SIDES
 
 _OBJ = re.compile(r"obj_([1-9][0-9]?)$")
 _NUM = re.compile(r"-?\d+(\.\d+)?$")

@@ -6,6 +6,8 @@ from __future__ import annotations
 import builtins
 import dataclasses
 import importlib.util
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -25,7 +27,9 @@ from sensors import (
 )
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import FAMILIES, EpisodeSpec, build_episode
-from sim.world import COLOR_NAMES, KINDS, MAX_OBJECTS, World, WorldConfig
+from sim.world import World, WorldConfig
+from skills import vocab
+from skills.vocab import MAX_OBJECTS
 
 S = 64  # test image size
 SMALL = {  # small configs keep the suite fast on a loaded 2-core machine
@@ -69,9 +73,11 @@ def env_obs():
     return obs, cams
 
 
-def test_constants_match_sim():
-    assert sensors.base.COLOR_NAMES == COLOR_NAMES and sensors.base.KINDS == KINDS
-    assert sensors.MAX_OBJECTS == MAX_OBJECTS
+def test_sensors_read_the_one_vocabulary_and_never_import_the_sim():
+    assert sensors.MAX_OBJECTS is vocab.MAX_OBJECTS
+    assert sensors.state.KINDS is vocab.KINDS and sensors.state.COLOR_NAMES is vocab.COLOR_NAMES
+    code = "import sys, sensors.relations; assert not [m for m in sys.modules if m.split('.')[0] == 'sim']"
+    subprocess.run([sys.executable, "-c", code], check=True)
 
 
 @pytest.mark.parametrize("name", ALL)

@@ -12,9 +12,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from sim.world import BLOCK_SIZE, BOWL_SIZE, COLOR_NAMES, World
+from sim.world import World
 from skills import scene
 from skills.robot import ObjectInfo
+from skills.vocab import BLOCK_SIZE, BOWL_SIZE, COLOR_NAMES
 
 REFERS = ("entity", "color")
 LEVELS = ("L1", "L2", "L3", "L4")

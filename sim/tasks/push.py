@@ -17,9 +17,8 @@ from sim.tasks.base import (
     register_family,
     spread_layout,
 )
-from sim.world import COLOR_NAMES
 from skills import scene
-from skills.calls import CORNERS, SIDES
+from skills.vocab import COLOR_NAMES, CORNERS, SIDES
 
 
 class _Push(TaskFamily):

@@ -18,9 +18,10 @@ from sim.tasks.base import (
     register_family,
     tower_layout,
 )
-from sim.world import COLOR_NAMES, World
+from sim.world import World
 from skills import scene
 from skills.robot import ObjectInfo
+from skills.vocab import COLOR_NAMES
 
 
 class _Blocks(TaskFamily):
