@@ -33,9 +33,9 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
     ``pending`` and enter the KV cache together with the next token that needs logits."""
     from transformers import DynamicCache
 
-    out = model.body(inputs_embeds=embeds, past_key_values=DynamicCache(), use_cache=True)
+    out = model.body(inputs_embeds=embeds, cache=DynamicCache(), use_cache=True)
     h = out.last_hidden_state[:, -1]  # (1, D)
-    cache = out.past_key_values
+    cache = out.cache
     node = trie.root if trie is not None else None
     ids: list[int] = []
     pending: list[int] = []  # chosen, not yet in the cache
@@ -47,7 +47,7 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
             else:
                 if pending:
                     new = model.embed(torch.tensor([pending], device=embeds.device))  # (1, P, D)
-                    out = model.body(inputs_embeds=new, past_key_values=cache, use_cache=True)
+                    out = model.body(inputs_embeds=new, cache=cache, use_cache=True)
                     h, pending = out.last_hidden_state[:, -1], []
                 logits = model.head(h)[0]  # (V,)
                 nxt = allowed[int(torch.argmax(logits[allowed]))]
@@ -64,7 +64,7 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
         if "\n" in tok.decode([nxt]):
             break
         new = model.embed(torch.tensor([[nxt]], device=embeds.device))  # (1, 1, D)
-        out = model.body(inputs_embeds=new, past_key_values=cache, use_cache=True)
+        out = model.body(inputs_embeds=new, cache=cache, use_cache=True)
         h = out.last_hidden_state[:, -1]
     return tok.decode(ids).strip()
 
@@ -74,7 +74,7 @@ def score_candidates(model, embeds: torch.Tensor, tok, candidates: Sequence[str]
     """Sum of log-probabilities of each candidate (+ eos) after prefix ``embeds`` (1, T, D) -> (C,)."""
     from transformers import DynamicCache
 
-    out = model.body(inputs_embeds=embeds, use_cache=True, past_key_values=DynamicCache())
+    out = model.body(inputs_embeds=embeds, use_cache=True, cache=DynamicCache())
     enc = tok([" " + c for c in candidates], add_special_tokens=False)["input_ids"]
     seqs = [s + [tok.eos_token_id] for s in enc]
     L = max(len(s) for s in seqs)
@@ -85,11 +85,11 @@ def score_candidates(model, embeds: torch.Tensor, tok, candidates: Sequence[str]
         ids[i, :len(s)] = torch.tensor(s)
         mask[i, :len(s)] = True
     # Reuse the prefix cache for every candidate: expand it along the batch.
-    cache = out.past_key_values
+    cache = out.cache
     cache.batch_repeat_interleave(C)
     ids, mask = ids.to(embeds.device), mask.to(embeds.device)
     first = model.head(out.last_hidden_state[:, -1]).log_softmax(-1)[0]  # (V,)
-    rest = model.body(inputs_embeds=model.embed(ids[:, :-1]), past_key_values=cache, use_cache=False)
+    rest = model.body(inputs_embeds=model.embed(ids[:, :-1]), cache=cache, use_cache=False)
     logp = model.head(rest.last_hidden_state).log_softmax(-1)  # (C, L-1, V)
     scores = first[ids[:, 0]]  # (C,)
     tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (C, L-1)

@@ -65,7 +65,7 @@ class _RandomLogits:
 
         o = Out()
         o.last_hidden_state = torch.zeros(inputs_embeds.shape[0], inputs_embeds.shape[1], 1)
-        o.past_key_values = None
+        o.cache = None
         return o
 
     def head(self, h):
