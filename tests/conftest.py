@@ -17,3 +17,19 @@ def ray_session():
              object_store_memory=256 * 2**20)
     yield
     ray.shutdown()
+
+
+def record_oracle_store(tmp, families: list[str]):
+    """A real zarr store: one L1 oracle episode per family recorded by experiments/run.py (with images)."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path = Path(tmp) / "real.zarr"
+    root = Path(__file__).resolve().parents[1]
+    args = ["planner=oracle", "ray.num_workers=0", f"record={path}", "eval.episodes=1", "eval.levels=[L1]",
+            f"eval.families=[{','.join(families)}]", "eval.progress=false", f"hydra.run.dir={Path(tmp) / 'run'}"]
+    proc = subprocess.run([sys.executable, str(root / "experiments" / "run.py"), *args],
+                          capture_output=True, text=True, timeout=300, cwd=root)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return path

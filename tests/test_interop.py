@@ -14,6 +14,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from conftest import record_oracle_store  # noqa: E402
 
 from embodied_lm.datasets import Episode, ReplayReader, ReplayWriter
 from embodied_lm.datasets.__main__ import main as cli_main
@@ -37,26 +38,7 @@ CAMS = ("front", "top")
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("interop")
-    path = tmp / "real.zarr"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "run.py"),
-            "planner=oracle",
-            "ray.num_workers=0",
-            f"record={path}",
-            "eval.episodes=1",
-            "eval.levels=[L1]",
-            "eval.families=[p2_stack,bowl_place,p1_grasp]",
-            "eval.progress=false",
-            f"hydra.run.dir={tmp / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = record_oracle_store(tmp, ["p2_stack", "bowl_place", "p1_grasp"])
     r = ReplayReader(path)
     assert r.n_episodes == 3 and r.n_steps >= 4
     return path

@@ -1,5 +1,6 @@
 """experiments/run.py end to end (subprocess), Hydra composition of every config group, recording."""
 
+import contextlib
 import json
 import signal
 import subprocess
@@ -183,6 +184,18 @@ def test_bad_spec_file_rejected_before_anything_runs(tmp_path):
         assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "demos.zarr").exists()
 
 
+def _wait_for_episodes(store, n: int, proc, timeout_s: float = 180) -> None:
+    """Until the run recording to ``store`` has committed ``n`` episodes (or ended, or timed out)."""
+    from embodied_lm.datasets import ReplayReader
+
+    deadline = time.time() + timeout_s
+    while time.time() < deadline and proc.poll() is None:
+        with contextlib.suppress(Exception):  # the store may not exist or be mid-write yet
+            if ReplayReader(store).n_episodes >= n:
+                return
+        time.sleep(0.2)
+
+
 def test_killed_recording_run_leaves_earlier_episodes_readable(tmp_path):
     """SIGKILL run.py mid-run while it records: committed episodes stay readable, the store appendable."""
     from embodied_lm.datasets import ReplayReader, ReplayWriter
@@ -191,17 +204,8 @@ def test_killed_recording_run_leaves_earlier_episodes_readable(tmp_path):
     proc = subprocess.Popen([*RUN, "planner=oracle", f"record={store}", "eval.episodes=5", "eval.levels=[L1]",
                              "eval.families=[p2_stack]", f"hydra.run.dir={tmp_path / 'run'}"],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=ROOT)
-    ends = store / "meta" / "episode_ends"
-    deadline = time.time() + 120
     try:
-        while time.time() < deadline:  # wait for two committed episodes, then kill during the third
-            if ends.exists():
-                try:
-                    if ReplayReader(store).n_episodes >= 2:
-                        break
-                except Exception:
-                    pass
-            time.sleep(0.2)
+        _wait_for_episodes(store, 2, proc)  # then kill during the third
         time.sleep(0.3)
     finally:
         proc.send_signal(signal.SIGKILL)
@@ -227,14 +231,7 @@ def test_ctrl_c_ends_with_one_line_saying_what_was_kept(tmp_path, extra):
     args = ["planner=oracle", f"record={store}", "eval.episodes=6", "eval.levels=[L1]", "eval.families=[p2_stack]",
             "eval.progress=false", f"hydra.run.dir={tmp_path / 'run'}", *extra]
     proc = subprocess.Popen([*RUN, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT)
-    deadline = time.time() + 180
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            if ReplayReader(store).n_episodes >= 2:
-                break
-        except Exception:
-            pass
-        time.sleep(0.2)
+    _wait_for_episodes(store, 2, proc)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     n = ReplayReader(store).n_episodes

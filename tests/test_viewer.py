@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import imageio.v2 as iio
 import numpy as np
 import pytest
+from conftest import record_oracle_store  # noqa: E402
 
 from embodied_lm.datasets import ReplayReader
 from embodied_lm.datasets.viewer import render_episode, render_frames
@@ -19,26 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 @pytest.fixture(scope="module")
 def store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     tmp = tmp_path_factory.mktemp("viewer")
-    path = tmp / "real.zarr"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "experiments" / "run.py"),
-            "planner=oracle",
-            "ray.num_workers=0",
-            f"record={path}",
-            "eval.episodes=1",
-            "eval.levels=[L1]",
-            "eval.families=[bowl_place]",
-            "eval.progress=false",
-            f"hydra.run.dir={tmp / 'run'}",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=ROOT,
-    )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+    path = record_oracle_store(tmp, ["bowl_place"])
     assert ReplayReader(path).episode(0).n_steps >= 2
     return path
 
