@@ -51,10 +51,11 @@ def export(dataset: str, out: str, backbone_dir: str | None) -> None:
 def bench(examples_path: str, backbone: str, steps: int, batch_sizes: list[int],
           profile: int = 0) -> dict:
     from embodied_lm.data import Example
-    from embodied_lm.decode import Trie, grammar_calls, greedy
+    from embodied_lm.decode import Trie, greedy
     from embodied_lm.model import EmbodiedLM, ModelConfig, autocast
     from embodied_lm.train import TrainConfig, load_checkpoint, make_batch, pretrain_relations, save_checkpoint
     from embodied_lm.train import to_device as _to  # what Ray Train workers use
+    from skills.vocab import all_calls
 
     device = torch.device("cuda")
     examples = [Example(*e) for e in torch.load(examples_path, weights_only=False)]
@@ -126,7 +127,7 @@ def bench(examples_path: str, backbone: str, steps: int, batch_sizes: list[int],
         for _ in range(10):
             torch.cuda.synchronize()
             t = time.perf_counter()
-            steps_out.append(greedy(model, embeds, model.tok, Trie(model.tok, grammar_calls(names))))
+            steps_out.append(greedy(model, embeds, model.tok, Trie(model.tok, all_calls(names))))
             torch.cuda.synchronize()
             times.append(time.perf_counter() - t)
     out["decode"] = {"step": steps_out[-1], "ms_median": round(1e3 * float(np.median(times[2:])), 1)}

@@ -28,6 +28,7 @@ from embodied_lm.config import (
     check_choice,
 )
 from embodied_lm.sentence import IGNORE, inject
+from skills.vocab import Col
 
 
 def native_bf16(device_type: str) -> bool:
@@ -176,7 +177,7 @@ class EmbodiedLM(nn.Module):
             return enc, tokens, None, tokens
         B, N, F_, K = logits.shape
         words = self.embed(self.pointer_ids[:K]).mean(1)  # (K, D)
-        present = (sensors["objects"][..., 0] > 0.5)[..., None, None]  # (B, N, 1, 1)
+        present = (sensors["objects"][..., Col.PRESENT] > 0.5)[..., None, None]  # (B, N, 1, 1)
         probs = logits.float().masked_fill(~present, 0).softmax(-1)  # absent rows: no all -inf softmax
         refer = probs.to(words.dtype) @ words  # (B, N, F, D)
         per_object = torch.cat([tokens.reshape(B, N, -1, tokens.shape[-1]), refer.to(tokens.dtype) * present], 2)
