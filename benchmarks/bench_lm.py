@@ -28,7 +28,7 @@ import torch
 import yaml
 
 from benchmarks.bench_ray_rollouts import load, machine
-from embodied_lm.data import Example, present_slots, prompt_text
+from embodied_lm.data import Example, prompt_text
 from embodied_lm.evaluate import run_episode
 from embodied_lm.lm_planner import EmbodiedLMPlanner
 from embodied_lm.model import EmbodiedLM, ModelConfig, autocast, native_bf16
@@ -74,7 +74,7 @@ def oracle_steps(episodes_per_family: int):
 def train_speed(model: EmbodiedLM, steps, precision: str, batch: int, n_steps: int) -> dict:
     examples = []
     for obs, history, action in steps:
-        prompt = prompt_text(obs["instruction"], history, model.kind, present_slots(obs["objects"]))
+        prompt = prompt_text(obs["instruction"], history, model.kind, obs["objects"])
         sent = model.sentence(prompt, action)
         examples.append(Example(sent, model.encoder.preprocess(obs, {}), ""))
     opt = _optimizer(model, TrainConfig())

@@ -82,10 +82,11 @@ class EvalConfig:
     families: list[str] | None = None  # None = the trained families (embodied_lm), else task.families
     spec: str | None = None  # PATH.jsonl: evaluate exactly these episode specs instead
     split: str = "test"  # seeds from the test range (disjoint from train)
+    refer: str | None = None  # entity | color | mixed for every level; None = L3 alternates, others entity
     progress: bool = True
 
     def __post_init__(self) -> None:
-        from sim.tasks import LEVELS, SEED_SPLITS
+        from sim.tasks import LEVELS, SEED_SPLITS, STYLES
 
         if self.episodes < 1:
             raise ConfigError(f"eval.episodes must be >= 1, got {self.episodes}")
@@ -94,6 +95,8 @@ class EvalConfig:
             raise ConfigError(f"eval.levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")
         check_families("eval.families", self.families or [])
         check_choice("eval.split", self.split, list(SEED_SPLITS))
+        if self.refer is not None:
+            check_choice("eval.refer", self.refer, STYLES)
 
 
 @dataclass
@@ -122,9 +125,13 @@ class CollectConfig:
     families: list[str] = field(default_factory=lambda: list(TAMP_FAMILIES))
     levels: list[str] = field(default_factory=lambda: ["L1"])
     images: bool | None = None  # record camera images; None = only when the sensors need them (not `state`)
+    refer: str = "mixed"  # how instructions name objects: entity (obj_k) | color ("the red block") | mixed
 
     def __post_init__(self) -> None:
+        from sim.tasks import STYLES
+
         check_families("collect.families", self.families, allow_empty=False)
+        check_choice("collect.refer", self.refer, STYLES)
         if self.episodes < 1:
             raise ConfigError(f"collect.episodes must be >= 1, got {self.episodes}")
 

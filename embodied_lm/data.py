@@ -13,24 +13,29 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from embodied_lm.grounding import ground
 from embodied_lm.sentence import Sentence, build_sentence
 from skills.vocab import Col
 
 _MENTION = re.compile(r"\bobj_([1-9][0-9]*)\b")
 
 
-def prompt_text(instruction: str, history: Sequence[str], kind: str, present: Sequence[int]) -> str:
-    """The multimodal prompt.  ``present``: 1-based object slots to introduce (objects encoders).
+def prompt_text(instruction: str, history: Sequence[str], kind: str, objects: np.ndarray | None = None) -> str:
+    """The multimodal prompt.  ``objects``: the observed object rows (objects encoders), whose present
+    objects are introduced by name and whose colours resolve the instruction's colour references.
 
     Objects are introduced by the name plans and instructions use (``Scene: obj_3 is <obj_3>.``), and
     every mention of a present object in the instruction carries its token too (``Pick up obj_3 <obj_3>.``):
-    a 135M LM does not learn, within the CPU budget, to look a mention up in the scene list (SmolLM2
-    could not even copy "obj_2 is red" zero-shot), but it reads a token placed where it is asked about."""
+    a 135M LM does not learn, within the CPU budget, to look a mention up in the scene list, but it reads
+    a token placed where it is asked about.  A colour reference is a mention too: ``ground`` writes the
+    name of the object it names after it ("the red block obj_3 <obj_3>") or refuses the instruction
+    (``UnresolvedReference``) when the scene holds no such object or several."""
     if kind == "objects":
+        present = present_slots(objects)
         scene = "Scene:" + "".join(f" obj_{k} is <obj_{k}>." for k in present)
         on = set(present)
         instruction = _MENTION.sub(lambda m: f"{m.group(0)} <{m.group(0)}>" if int(m.group(1)) in on
-                                   else m.group(0), instruction)
+                                   else m.group(0), ground(instruction, objects))
     else:
         scene = "Scene: <img>."
     done = "; ".join(history) if history else "nothing"
@@ -94,7 +99,7 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
         plan = meta["plan"].split("\n")
         for t, g in enumerate(range(int(starts[i]), int(ends[i]))):
             obs = {k: col[g] for k, col in columns.items()}
-            prompt = prompt_text(meta["instruction"], plan[:t], encoder.kind, present_slots(objects[g]))
+            prompt = prompt_text(meta["instruction"], plan[:t], encoder.kind, objects[g])
             sent = build_sentence(tok, prompt, plan[t], kind=encoder.kind, n_slots=encoder.num_slots,
                                   per_object=encoder.slots_per_object)
             out.append(Example(sent, encoder.preprocess(obs, cameras), meta["task"]))

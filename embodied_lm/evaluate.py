@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from embodied_lm.planners import Planner
+from embodied_lm.planners import Planner, PlannerRefusal
 from sim.tasks import FAMILIES, EpisodeSpec
 from skills.embodiment import Embodiment
 
@@ -43,9 +43,17 @@ def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=N
     planner.reset(env, obs, info)
     plan, oks, msgs, frames = [], [], [], []
     planner_s, ended, physics = 0.0, False, 0
+    refused = False
     while True:
         t = time.perf_counter()
-        action = planner.act(obs, info)
+        try:
+            action = planner.act(obs, info)
+        except PlannerRefusal as e:  # a clear failure, not a guess: no skill runs
+            plan.append("refuse")
+            oks.append(False)
+            msgs.append(f"refused: {e}")
+            refused = True
+            break
         planner_s += time.perf_counter() - t
         if recorder is not None:
             frames.append(obs)
@@ -57,7 +65,7 @@ def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=N
         if terminated or truncated:
             ended = terminated
             break
-    success = bool(info["success"])
+    success = bool(info.get("success", False)) and not refused  # reset info has no verdict yet
     plan_ok = ended and all(oks)
     if FAMILIES[spec.task].kind == "question":
         plan_ok = plan_ok and success

@@ -61,7 +61,7 @@ class EmbodiedLMPlanner:
     def act(self, obs, info) -> str:
         m = self.model
         names, kinds = _scene_objects(obs["objects"])
-        prompt = prompt_text(obs["instruction"], self.history, m.kind, present_slots(obs["objects"]))
+        prompt = prompt_text(obs["instruction"], self.history, m.kind, obs["objects"])
         sent = m.sentence(prompt, None)
         from sensors import collate
 

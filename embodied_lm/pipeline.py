@@ -63,7 +63,7 @@ def eval_specs(cfg: RunConfig) -> list[EpisodeSpec]:
         return load_specs(cfg.eval.spec)
     families = cfg.eval.families or (cfg.collect.families if cfg.planner.name == "embodied_lm" else None)
     families = families or cfg.task.families or None
-    return generate_specs(families, cfg.eval.levels, cfg.eval.episodes, cfg.seed, cfg.eval.split)
+    return generate_specs(families, cfg.eval.levels, cfg.eval.episodes, cfg.seed, cfg.eval.split, cfg.eval.refer)
 
 
 def store_attrs(cfg: RunConfig, cfg_dict: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +80,8 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     """Oracle demonstrations on train seeds, recorded to ``path``."""
     from embodied_lm.datasets import ReplayWriter
 
-    specs = generate_specs(cfg.collect.families, cfg.collect.levels, cfg.collect.episodes, cfg.seed, "train")
+    c = cfg.collect
+    specs = generate_specs(c.families, c.levels, c.episodes, cfg.seed, "train", c.refer)
     images = cfg.collect.images if cfg.collect.images is not None else cfg.sensors.name != "state"
     t0 = time.perf_counter()
     with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict)) as writer:

@@ -12,6 +12,11 @@ import numpy as np
 from sim.env import TabletopEnv
 
 
+class PlannerRefusal(ValueError):
+    """The planner cannot act on this instruction (say, it names an object the scene does not hold);
+    the episode ends failed with this one-line reason instead of a guessed plan."""
+
+
 class Planner(Protocol):
     name: str
     needs_images: bool  # False: the env may skip rendering

@@ -10,7 +10,7 @@ from collections import defaultdict
 import numpy as np, torch
 sys.path.insert(0, os.getcwd())
 from embodied_lm.model import EmbodiedLM, ModelConfig
-from embodied_lm.data import present_slots
+
 from embodied_lm.data import prompt_text
 from embodied_lm.sentence import build_sentence, collate, IGNORE
 from sensors import collate as collate_sensors
@@ -40,7 +40,7 @@ tok = m.tok
 def mk(rows):
     out = []
     for r in rows:
-        prompt = prompt_text(r["instruction"], r["history"], m.kind, present_slots(r["objects"]))
+        prompt = prompt_text(r["instruction"], r["history"], m.kind, r["objects"])
         s = m.sentence(prompt, r["answer"])
         out.append((s, {"objects": r["objects"]}, r))
     return out

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import numpy as np
 
-from sim.tasks import bowls, push, tamp  # noqa: F401  (register the families)
-from sim.tasks.base import FAMILIES, LEVELS, REFERS, EpisodeSpec, SpecError, TaskEpisode, TaskFamily
+from sim.tasks import bowls, language, push, tamp  # noqa: F401  (register the families)
+from sim.tasks.base import FAMILIES, LEVELS, REFERS, STYLES, EpisodeSpec, SpecError, TaskEpisode, TaskFamily
 from sim.world import World
 
 __all__ = [
-    "FAMILIES", "LEVELS", "REFERS", "EpisodeSpec", "SpecError", "TaskEpisode", "TaskFamily",
+    "FAMILIES", "LEVELS", "REFERS", "STYLES", "EpisodeSpec", "SpecError", "TaskEpisode", "TaskFamily",
     "build_episode", "generate_specs", "load_specs", "save_specs", "SEED_SPLITS",
 ]
 
@@ -31,9 +31,15 @@ def build_episode(world: World, spec: EpisodeSpec) -> TaskEpisode:
     family.build_scene(world, ep, world.rng)
     if spec.instruction is not None:
         ep.instruction = spec.instruction
-    else:
-        pool = family.heldout_templates if spec.level == "L3" else family.train_templates
+    elif spec.level == "L3":  # held-out paraphrases, as written
+        pool = family.heldout_templates
         ep.instruction = pool[int(world.rng.integers(len(pool)))].format(**family.fill(ep))
+    else:  # the train pool: a template, a referring form and a wrapper from the episode's phrasing stream
+        pool = family.train_templates
+        template = pool[int(world.rng.integers(len(pool)))]
+        rng = language.phrasing_rng(spec.seed)
+        ep.scratch["ref_form"] = language.ref_form(rng)
+        ep.instruction = language.wrap(template.format(**family.fill(ep)), family.kind == "question", rng)
     return ep
 
 
@@ -55,9 +61,12 @@ def generate_specs(
 
     L1: 3–5 objects, train templates, entity labels.  L2: 6 and 8 objects.  L3: held-out paraphrases,
     alternating entity labels and colour references.  L4: longer horizons / new compositions.
+    ``refer``: entity | color | mixed (alternating) for every level; None = the level's own style.
     """
     if split not in SEED_SPLITS:
         raise ValueError(f"split must be one of {list(SEED_SPLITS)}, got {split!r}")
+    if refer is not None and refer not in STYLES:
+        raise ValueError(f"refer must be one of {list(STYLES)}, got {refer!r}")
     names = list(families) if families is not None else list(FAMILIES)
     unknown = [f for f in names if f not in FAMILIES]
     if unknown:
@@ -74,7 +83,8 @@ def generate_specs(
                 s = base + i
                 rng = np.random.default_rng([s, 1])  # params stream, separate from the scene stream
                 n = counts[i % len(counts)]
-                style = refer or ("color" if level == "L3" and i % 2 else "entity")
+                alternate = refer == "mixed" or (refer is None and level == "L3")
+                style = ("color" if i % 2 else "entity") if alternate else (refer or "entity")
                 specs.append(EpisodeSpec(name, fam.sample_params(rng, n, level), n, s, None, style, level))
     return specs
 

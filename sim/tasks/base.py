@@ -12,12 +12,14 @@ from typing import Any, ClassVar
 
 import numpy as np
 
+from sim.tasks.language import REF_FORMS, colour_ref
 from sim.world import World
 from skills import scene
 from skills.robot import ObjectInfo
 from skills.vocab import BLOCK_SIZE, BOWL_SIZE, COLOR_NAMES
 
 REFERS = ("entity", "color")
+STYLES = (*REFERS, "mixed")  # mixed: entity and colour references alternate
 LEVELS = ("L1", "L2", "L3", "L4")
 
 
@@ -98,10 +100,11 @@ class TaskEpisode:
     scratch: dict[str, Any] = field(default_factory=dict)  # per-episode facts fixed at build time
 
     def ref(self, name: str) -> str:
-        """How the instruction names an object in this episode's reference style."""
+        """How the instruction names an object in this episode's reference style (a colour reference
+        takes the episode's referring form: "the red block", "the red cube", "the red one")."""
         if self.spec.refer == "entity":
             return name
-        return f"the {self.colors[name]} {self.kinds[name]}"
+        return colour_ref(self.scratch.get("ref_form", REF_FORMS[0]), self.colors[name], self.kinds[name])
 
     @property
     def max_steps(self) -> int:

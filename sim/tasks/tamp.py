@@ -84,7 +84,8 @@ class Q1Color(_Question):
     name = "q1_color"
     param_keys = ("target",)
     levels = ("L1", "L2", "L3")
-    train_templates = ("What colour is {obj}?", "Which colour does {obj} have?")
+    train_templates = ("What colour is {obj}?", "Which colour does {obj} have?", "What is the colour of {obj}?",
+                       "Which colour is {obj}?", "What colour does {obj} have?")
     heldout_templates = ("Tell me the colour of {obj}.", "Name the colour of {obj}.")
 
     def answers(self) -> tuple[str, ...]:
@@ -126,7 +127,8 @@ class Q2OnTable(_Question):
     name = "q2_on_table"
     param_keys = ("target",)
     levels = ("L1", "L2", "L3")
-    train_templates = ("Is {obj} on the table?", "Does {obj} rest on the table?")
+    train_templates = ("Is {obj} on the table?", "Does {obj} rest on the table?", "Is {obj} lying on the table?",
+                       "Is {obj} placed on the table?", "Does {obj} stand on the table?")
     heldout_templates = ("Is {obj} sitting directly on the table?", "Tell me whether {obj} touches the table.")
 
     def build_scene(self, world, ep, rng) -> None:
@@ -144,7 +146,8 @@ class Q3OnObject(_Question):
     param_keys = ("top", "bottom")
     color_keys = ("top", "bottom")
     levels = ("L1", "L2", "L3")
-    train_templates = ("Is {top} on {bottom}?", "Is {top} stacked on {bottom}?")
+    train_templates = ("Is {top} on {bottom}?", "Is {top} stacked on {bottom}?", "Is {top} resting on {bottom}?",
+                       "Has {top} been placed on {bottom}?", "Does {top} lie on {bottom}?")
     heldout_templates = ("Does {top} sit on top of {bottom}?", "Tell me whether {top} rests on {bottom}.")
 
     def build_scene(self, world, ep, rng) -> None:
@@ -165,7 +168,8 @@ class Q4Feasible(_Question):
     name = "q4_feasible"
     param_keys = ("target",)
     levels = ("L1", "L2", "L3")
-    train_templates = ("Can {obj} be picked up now?", "Is it possible to pick up {obj} right now?")
+    train_templates = ("Can {obj} be picked up now?", "Is it possible to pick up {obj} right now?",
+                       "Can you lift {obj} right now?", "Can {obj} be grasped now?", "Is {obj} clear to pick up?")
     heldout_templates = ("Could the robot grasp {obj} at this moment?", "Is {obj} free to be picked up?")
 
     def build_scene(self, world, ep, rng) -> None:
@@ -184,7 +188,8 @@ class P1Grasp(_Blocks):
     name = "p1_grasp"
     kind = "plan"
     param_keys = ("target",)
-    train_templates = ("Pick up {obj}.", "Grasp {obj}.")
+    train_templates = ("Pick up {obj}.", "Grasp {obj}.", "Grab {obj}.", "Lift {obj}.", "Pick {obj} up.",
+                       "Take {obj}.", "Hold {obj}.")
     heldout_templates = ("Get {obj} into the gripper.", "I need {obj} in your hand.")
 
     def build_scene(self, world, ep, rng) -> None:
@@ -217,7 +222,9 @@ class P2Stack(_Blocks):
     name = "p2_stack"
     kind = "plan"
     param_keys = ("order",)
-    train_templates = ("Stack {seq}, bottom first.", "Build a tower of {seq} from the bottom up.")
+    train_templates = ("Stack {seq}, bottom first.", "Build a tower of {seq} from the bottom up.",
+                       "Stack {seq} with the first at the bottom.", "Pile up {seq}, bottom first.",
+                       "Build a stack of {seq}, bottom to top.")
     heldout_templates = ("Make a stack: {seq}, the first one at the bottom.",
                          "Put {seq} on top of each other, starting from the bottom.")
 
