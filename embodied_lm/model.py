@@ -39,11 +39,16 @@ def native_bf16(device_type: str) -> bool:
             and torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 
-def autocast(device_type: str, precision: str = "auto"):
-    """bf16 autocast (fp32 master weights) where it is native -- LoRA training ran 2.2x faster with it on
-    the 2-core EPYC dev machine -- or as asked; ``fp32`` (or ``auto`` without native bf16) disables it."""
+def resolve_precision(device_type: str, precision: str = "auto") -> str:
+    """What ``precision`` means on this machine: ``bf16`` or ``fp32``."""
     check_choice("precision", precision, PRECISIONS)
-    on = precision == "bf16" or (precision == "auto" and native_bf16(device_type))
+    return "bf16" if precision == "bf16" or (precision == "auto" and native_bf16(device_type)) else "fp32"
+
+
+def autocast(device_type: str, precision: str = "auto"):
+    """bf16 autocast (fp32 master weights) where it is native, or as asked; ``fp32`` (or ``auto``
+    without native bf16) disables it (speed-ups per CPU kind: benchmarks/README.md)."""
+    on = resolve_precision(device_type, precision) == "bf16"
     return torch.autocast(device_type, dtype=torch.bfloat16, enabled=on)
 
 

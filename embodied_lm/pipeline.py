@@ -143,6 +143,12 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
               # threads=null picks the idle cores; bf16 sums differ with the thread count, and so can a model
               "torch_threads": torch.get_num_threads()}
     results = build_results(cfg.task.name, name, cfg_dict, rows, timing)
+    if name == "embodied_lm":  # what kind of machine made these figures
+        from embodied_lm.model import native_bf16, resolve_precision
+
+        trained = timing.get("train_s", 0) > 0
+        results["precision"] = {"native_bf16_cpu": native_bf16("cpu"), "planner": resolve_precision("cpu"),
+                                "train": resolve_precision("cpu", cfg.train.precision) if trained else None}
     if ray_stats is not None:
         keys = ("workers", "nodes", "retries", "retried_specs", "worker_deaths", "startup_s", "wall_s")
         results["ray"] = {k: ray_stats[k] for k in keys if k in ray_stats}

@@ -217,6 +217,11 @@ def test_smoke_preset_end_to_end(tmp_path):
     res = json.loads((tmp_path / "results.json").read_text())
     assert res["planner"] == "embodied_lm" and res["summary"]["episodes"] == 2
     assert res["timing"]["train_s"] > 0 and res["timing"]["collect_s"] > 0
+    from embodied_lm.model import native_bf16
+
+    native = native_bf16("cpu")  # what kind of machine made the figures
+    expected = "bf16" if native else "fp32"
+    assert res["precision"] == {"native_bf16_cpu": native, "planner": expected, "train": expected}
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
     bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "preset=smoke", "stage=train",
                           f"dataset={tmp_path / 'checkpoint'}", f"hydra.run.dir={tmp_path / 'b'}"],
