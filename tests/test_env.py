@@ -8,6 +8,7 @@ from gymnasium.utils.env_checker import check_env
 import sim  # noqa: F401  (registers Tabletop-v0)
 from sim.env import EnvConfig, TabletopEnv
 from sim.world import WorldConfig
+from skills.vocab import Col
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +34,7 @@ def test_observation_has_images_depth_masks_and_states(env):
     ids = set(np.unique(obs["mask_top"])) - {0, -1}
     assert ids == {1, 2, 3}  # every block is visible from the top
     objects = obs["objects"]
-    assert objects[:3, 0].tolist() == [1, 1, 1] and objects[3:, 0].sum() == 0
+    assert objects[:3, Col.PRESENT].tolist() == [1, 1, 1] and objects[3:, Col.PRESENT].sum() == 0
     assert "obj_" in obs["instruction"] and info["spec"]["task"] == "p2_stack"
 
 

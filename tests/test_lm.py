@@ -13,7 +13,7 @@ from embodied_lm.decode import Trie, greedy
 from embodied_lm.model import EmbodiedLM, ModelConfig
 from embodied_lm.sentence import IGNORE, SentenceError, build_sentence, collate, inject
 from skills import parse
-from skills.vocab import all_calls
+from skills.vocab import Col, all_calls
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -103,7 +103,7 @@ def test_greedy_equals_full_recompute_and_lora_merge_keeps_the_model(tiny):
         if "lora_B" in name:  # zero at init: make the adapters matter
             p.data = torch.randn(p.shape, generator=g) * 0.05
     objects = np.zeros((16, 12), np.float32)
-    objects[:6, 0] = 1
+    objects[:6, Col.PRESENT] = 1
     objects[:6, 3:6] = np.random.default_rng(0).uniform(0, 0.5, (6, 3))
     sent = model.sentence("Scene: obj_1 is <obj_1>. obj_2 is <obj_2>. obj_5 is <obj_5>.\nNext:", None)
     sensors = {"objects": torch.from_numpy(objects)[None]}
@@ -151,7 +151,7 @@ def _examples(model, n=12):
     out = []
     for i in range(n):
         objects = np.zeros((16, 12), np.float32)
-        objects[:4, 0] = 1
+        objects[:4, Col.PRESENT] = 1
         objects[:4, 3:6] = rng.uniform(0, 0.5, (4, 3))
         s = model.sentence("Obj 1 is <obj_1>. Obj 2 is <obj_2>.\nNext:", f"pick obj_{1 + i % 2}")
         task = "p1_grasp" if i % 3 == 0 else "q2_on_table"

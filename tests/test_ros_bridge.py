@@ -29,7 +29,7 @@ from embodied_lm.ros.testing.server import RosbridgeServer, _ProtocolError
 from embodied_lm.ros.testing.sim_endpoint import SimRobotEndpoint
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import EpisodeSpec, generate_specs, load_specs, save_specs
-from skills.vocab import COLOR_NAMES
+from skills.vocab import COLOR_NAMES, Col
 
 ROOT = Path(__file__).resolve().parents[1]
 SPEC = EpisodeSpec("p2_stack", {"order": ["red", "blue"]}, 4, 11)
@@ -159,8 +159,8 @@ def test_observation_has_the_sim_layout_without_ground_truth(bridge, endpoint):
         truth, _ = sim_env.reset(options={"spec": SPEC})
     finally:
         sim_env.close()
-    present = obs["objects"][obs["objects"][:, 0] == 1]
-    gt = truth["objects"][truth["objects"][:, 0] == 1]
+    present = obs["objects"][obs["objects"][:, Col.PRESENT] == 1]
+    gt = truth["objects"][truth["objects"][:, Col.PRESENT] == 1]
     assert len(present) == len(gt) == 4
     assert sorted(present[:, 2].tolist()) == sorted(gt[:, 2].tolist())  # same colours
     for row in present:  # every perceived block is within 1.5 cm of a real one

@@ -32,7 +32,7 @@ from embodied_lm.ros.safety import (
     estop_engaged,
     header_stamp,
 )
-from skills.vocab import COLOR_NAMES, COLORS
+from skills.vocab import COLOR_NAMES, COLORS, Col
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -263,7 +263,7 @@ def test_fusion_splits_a_tower_into_coloured_layers_and_finds_supports():
     green_slot = [k for k, o in slots.items() if o.color == "green"][0]
     assert by_color["red"][10] == green_slot + 1  # red rests on the green block
     assert by_color["green"][10] == 0 and by_color["blue"][10] == 0  # on the table
-    assert np.allclose(arr[arr[:, 0] == 1][:, 6:10], [0, 0, 0, 1])  # identity quaternions
+    assert np.allclose(arr[arr[:, Col.PRESENT] == 1][:, Col.QUAT], [0, 0, 0, 1])  # identity quaternions
 
 
 def test_slot_tracker_keeps_names_and_the_held_block():

@@ -29,7 +29,7 @@ from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import FAMILIES, EpisodeSpec, build_episode
 from sim.world import World, WorldConfig
 from skills import vocab
-from skills.vocab import MAX_OBJECTS
+from skills.vocab import MAX_OBJECTS, Col
 
 S = 64  # test image size
 SMALL = {  # small configs keep the suite fast on a loaded 2-core machine
@@ -93,7 +93,7 @@ def test_encoder_shapes_masks_grads_determinism(name, env_obs):
         assert n == 4 and mask.all()
     else:
         assert n == MAX_OBJECTS
-        present = torch.from_numpy(np.stack([o["objects"][:, 0] > 0.5 for o in obs]))
+        present = torch.from_numpy(np.stack([o["objects"][:, Col.PRESENT] > 0.5 for o in obs]))
         if name == "pointcloud":  # a tower is one detection: fewer tokens than objects, never extra ones
             assert (mask <= present).all() and mask.sum() >= 3
         else:
@@ -201,7 +201,7 @@ def test_segmentation_finds_every_block(top_scenes):
     towers_seen = 0
     for rgb, depth, cam, objects in top_scenes:
         dets = segment_objects(rgb, depth, cam["K"], cam["world_from_camera"])
-        present = objects[objects[:, 0] > 0.5]
+        present = objects[objects[:, Col.PRESENT] > 0.5]
         bases = present[present[:, 10] == 0]  # resting on the table: one cluster each (tower or single)
         towers_seen += int((present[:, 10] > 0).sum())
         assert len(dets) == len(bases)
@@ -222,7 +222,7 @@ def test_assign_to_slots_hungarian_and_greedy(top_scenes, monkeypatch):
     rgb, depth, cam, objects = top_scenes[2]  # spread blocks, no towers
     dets = segment_objects(rgb, depth, cam["K"], cam["world_from_camera"])
     slots = assign_to_slots(dets, objects)
-    assert sorted(slots) == list(range(int(objects[:, 0].sum())))
+    assert sorted(slots) == list(range(int(objects[:, Col.PRESENT].sum())))
     for d, j in zip(dets, slots, strict=True):
         assert np.linalg.norm(d.centroid[:2] - objects[j, 3:5]) < 0.015
     real_import = builtins.__import__
@@ -272,7 +272,7 @@ def _clear_dataset(n_scenes: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
             build_episode(w, _spec(task, (4, 5, 6)[i % 3], 100 + i))
             rows.append(w.object_array())
     objects = torch.from_numpy(np.stack(rows))  # (B, 16, 12)
-    present, support = objects[..., 0] > 0.5, objects[..., 10].long()
+    present, support = objects[..., Col.PRESENT] > 0.5, objects[..., Col.SUPPORT].long()
     covered = (support[:, None, :] == torch.arange(1, MAX_OBJECTS + 1)[None, :, None]).any(-1)  # (B, 16)
     return objects, (present & ~covered).float()
 
@@ -301,7 +301,7 @@ def test_state_encoder_learns_clear():
     """Reaches 100% in ~30 steps with the relational block; without it the per-object MLP can only memorise
     (~87% after 300 steps on 96 scenes; see the sensors README paragraph)."""
     objects, labels = _clear_dataset()
-    present = objects[..., 0] > 0.5
+    present = objects[..., Col.PRESENT] > 0.5
     assert 0.2 < labels[present].mean() < 0.9, "scenes should mix clear and covered objects"
     acc = train_clear_probe(objects, labels, relational=True)
     assert acc >= 0.95, f"state encoder + linear head reached only {acc:.3f} train accuracy on 'is obj_k clear'"
