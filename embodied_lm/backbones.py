@@ -11,6 +11,7 @@ Nothing is fetched from a hub: HF_HUB_OFFLINE is set before transformers is impo
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.util
 import os
@@ -71,12 +72,11 @@ def _smollm2_dir() -> Path:
     model.hf_quantizer = None  # the GGUF quantizer marks the model unsavable; its weights are plain fp32 now
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
-    try:  # atomic: a killed build never leaves a cache that looks valid
-        with staged_dir(cached) as tmp:
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-    except FileExistsError:  # another process built it meanwhile: theirs is as good
-        pass
+    # atomic: a killed build never leaves a cache that looks valid; FileExistsError = another process
+    # built it meanwhile, and theirs is as good
+    with contextlib.suppress(FileExistsError), staged_dir(cached) as tmp:
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
     return cached
 
 

@@ -219,12 +219,10 @@ def kept_outputs(cfg: RunConfig, run_dir: Path) -> str:
             with contextlib.suppress(ValueError):  # not a valid store: nothing kept there
                 kept.append(f"{ReplayReader(path).n_episodes} {what} in {path}")
     checkpoint = _checkpoint(cfg, run_dir)
-    try:
+    with contextlib.suppress(CheckpointError):  # no complete checkpoint: nothing kept there
         read_checkpoint_config(checkpoint)
         step = json.loads((checkpoint / "state.json").read_text())["step"]
         kept.append(f"checkpoint at step {step} in {checkpoint}")
-    except CheckpointError:
-        pass
     return "; ".join(kept) or "nothing"
 
 

@@ -36,7 +36,7 @@ def _norm_type(t: str) -> str:
 
 
 class _ProtocolError(Exception):
-    pass
+    """A rosbridge op the server cannot serve; answered with an error status."""
 
 
 class _Client(WebSocketServerProtocol):
