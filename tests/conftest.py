@@ -7,6 +7,16 @@ os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(scope="module")
+def env():
+    """A state-only TabletopEnv (no rendering), one per test module."""
+    from sim.env import EnvConfig, TabletopEnv
+
+    e = TabletopEnv(EnvConfig(observe_images=False))
+    yield e
+    e.close()
+
+
 @pytest.fixture(scope="session")
 def ray_session():
     """One small local Ray (num_cpus=2) shared by every Ray test of the session (init ~3 s)."""

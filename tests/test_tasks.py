@@ -4,16 +4,8 @@ import pytest
 
 from embodied_lm.evaluate import run_episode
 from embodied_lm.planners import make_planner
-from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import FAMILIES, SEED_SPLITS, EpisodeSpec, build_episode, generate_specs
 from sim.world import World
-
-
-@pytest.fixture(scope="module")
-def env():
-    e = TabletopEnv(EnvConfig(observe_images=False))
-    yield e
-    e.close()
 
 
 def test_eleven_families_registered():

@@ -4,7 +4,6 @@ object-row columns as the env fills them."""
 import numpy as np
 import pytest
 
-from sim.env import EnvConfig, TabletopEnv
 from skills.vocab import BLOCK_SIZE, BOWL_SIZE, COLOR_NAMES, KINDS, MAX_OBJECTS, Col, all_calls
 
 # Pinned: a colour's index is its id in object rows, recorded demonstrations and checkpoints.
@@ -15,13 +14,6 @@ FIXED = ("left", "right", "up", "down", "to top left corner", "to top right corn
 
 def _pushes(a: str) -> list[str]:
     return [f"push {a} {t}" for t in FIXED]
-
-
-@pytest.fixture(scope="module")
-def env():
-    e = TabletopEnv(EnvConfig(observe_images=False))
-    yield e
-    e.close()
 
 
 def test_all_calls_is_the_decoders_grammar_in_its_order():
