@@ -12,12 +12,15 @@ from skills.vocab import COLOR_NAMES, KINDS, MAX_OBJECTS, OBJECT_FEATURES, Col
 TAMP = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_grasp", "p2_stack"]
 
 
-def _scene(*objects: tuple[int, str, str]) -> np.ndarray:
+def _scene(*objects: tuple) -> np.ndarray:
+    """Rows of (slot, colour, kind[, (x, y), support slot])."""
     rows = np.zeros((MAX_OBJECTS, OBJECT_FEATURES), np.float32)
-    for slot, colour, kind in objects:
+    for slot, colour, kind, *where in objects:
         rows[slot - 1, Col.PRESENT] = 1
         rows[slot - 1, Col.COLOR] = COLOR_NAMES.index(colour)
         rows[slot - 1, Col.KIND] = KINDS.index(kind)
+        if where:
+            rows[slot - 1, Col.XYZ][:2], rows[slot - 1, Col.SUPPORT] = where
     return rows
 
 
@@ -49,6 +52,36 @@ def test_unresolvable_references_are_refused_with_a_reason(text, why):
         ground(text, SCENE)
 
 
+# obj_2 (white) stands on obj_5 (yellow); +y is the robot's left, +x away from it.
+TOWER = _scene((1, "red", "block", (0.40, 0.20), 0), (2, "white", "block", (0.50, -0.10), 5),
+               (5, "yellow", "block", (0.50, -0.10), 0), (7, "pink", "block", (0.60, 0.05), 0))
+
+
+@pytest.mark.parametrize("text,expected", [
+    ("What colour is the block on the yellow block?", "What colour is the block obj_2 on the yellow block obj_5?"),
+    ("Which colour is the one under the white cube?", "Which colour is the one obj_5 under the white cube obj_2?"),
+    ("What colour is the leftmost block?", "What colour is the leftmost block obj_1?"),
+    ("Tell me the colour of the rightmost one.", "Tell me the colour of the rightmost one obj_5."),
+    ("What colour is the block nearest to the robot?", "What colour is the block obj_1 nearest to the robot?"),
+    ("What colour is the block farthest from the robot?", "What colour is the block obj_7 farthest from the robot?"),
+    ("What colour is the block at x 0.61 y 0.04?", "What colour is the block obj_7 at x 0.61 y 0.04?"),
+    ("Is the white block on the yellow block?", "Is the white block obj_2 on the yellow block obj_5?"),  # colours
+])
+def test_place_references_name_the_observed_object(text, expected):
+    assert ground(text, TOWER) == expected
+
+
+@pytest.mark.parametrize("text,why", [
+    ("What colour is the block on the red block?", "holds no block on the red block"),
+    ("What colour is the block under the red block?", "holds no object under the red block"),
+    ("What colour is the block at x 0.50 y -0.10?", "ambiguous: 2 objects match (obj_2, obj_5)"),  # a tower
+    ("What colour is the block at x 0.10 y 0.10?", "holds no block within 5 cm of that point"),
+])
+def test_unresolvable_place_references_are_refused(text, why):
+    with pytest.raises(UnresolvedReference, match=why.replace("(", r"\(").replace(")", r"\)")):
+        ground(text, TOWER)
+
+
 def test_a_colour_reference_prompts_like_an_entity_name():
     """The LM sees the object's name and its token where the person named it by colour."""
     colour = prompt_text("Pick up the blue block.", [], "objects", SCENE)
@@ -66,8 +99,10 @@ def test_train_phrasings_are_groundable_and_never_held_out():
             ep = build_episode(world, spec)
             objects = world.object_array()
             grounded = ground(ep.instruction, objects)
-            if spec.refer == "color" and spec.task != "q1_color":  # q1 names its block by place
-                assert "obj_" in grounded, ep.instruction
+            if spec.refer == "color":  # every block the task is about is named (q1's by place)
+                roles = [spec.params[k] for k in FAMILIES[spec.task].param_keys]
+                for colour in (roles[0] if spec.task == "p2_stack" else roles):
+                    assert f"{ep.roles[colour]}" in grounded, (ep.instruction, grounded)
             for held in FAMILIES[spec.task].heldout_templates:
                 assert held.split("{")[0] not in FAMILIES[spec.task].train_templates
                 assert ep.instruction != held
