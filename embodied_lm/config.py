@@ -143,6 +143,7 @@ class TrainConfig:
     mode: str = "lora"  # one of MODES
     steps: int = 180
     batch_size: int = 16
+    micro_batches: int = 2  # a batch is sorted by length and run in this many parts: less padding, same loss
     lr: float = 1e-3  # LoRA / full LM parameters
     sensor_lr: float = 3e-3  # encoder + projector
     warmup: int = 20
@@ -152,7 +153,7 @@ class TrainConfig:
     relation_steps: int = 150  # encoder-only steps on the relation loss first (sensors with relation_loss > 0)
     balance: str = "family"  # family: task families equally likely per batch | step: every example
     # balance=family: relative odds of each family in a batch (1 for a family not named)
-    family_weights: dict[str, float] = field(default_factory=lambda: {"p2_stack": 3.0})
+    family_weights: dict[str, float] = field(default_factory=lambda: {"p2_stack": 3.0, "q2_on_table": 2.0})
     precision: str = "auto"  # one of PRECISIONS
     projector: str = "mlp"  # one of PROJECTORS
     checkpoint_every: int = 200
@@ -168,7 +169,7 @@ class TrainConfig:
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.balance", self.balance, ("family", "step"))
         check_choice("train.backend", self.backend, ("local", "ray"))
-        for k in ("steps", "batch_size", "checkpoint_every", "lora_r", "num_workers"):
+        for k in ("steps", "batch_size", "micro_batches", "checkpoint_every", "lora_r", "num_workers"):
             if getattr(self, k) < 1:
                 raise ConfigError(f"train.{k} must be >= 1, got {getattr(self, k)}")
         if self.relation_steps < 0 or self.warmup < 0:

@@ -194,18 +194,21 @@ class EmbodiedLM(nn.Module):
     def embed_sentence(self, ids: torch.Tensor, slots: torch.Tensor, sensors: dict[str, torch.Tensor]):
         return inject(self.embed(ids), slots, self.sensor_tokens(sensors))  # (B, T, D)
 
-    def forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Mean cross-entropy over answer tokens (+ the weighted relation loss, if configured)."""
+    def forward(self, batch: dict[str, torch.Tensor], answer_share: float = 1.0,
+                example_share: float = 1.0) -> torch.Tensor:
+        """Mean cross-entropy over answer tokens (+ the weighted relation loss, if configured).  A
+        micro-batch of a larger batch passes its share of the batch's answer tokens and examples, so
+        that the micro-batch losses sum to the batch's."""
         enc, tokens, pointers, slots = self.encode(batch["sensors"])
         x = inject(self.embed(batch["ids"]), batch["slots"], slots)  # (B, T, D)
         h = self.body(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, D)
         target = batch["labels"][:, 1:]  # position t predicts token t+1
         sel = target != IGNORE  # (B, T-1)
         logits = self.head(h[:, :-1][sel])  # (N, V): answer positions only
-        loss = F.cross_entropy(logits.float(), target[sel])
+        loss = answer_share * F.cross_entropy(logits.float(), target[sel])
         if self.relation_ids is not None:
-            loss = loss + self.cfg.relation_loss * self.relation_loss(enc, tokens, pointers,
-                                                                      batch["sensors"]["objects"])
+            loss = loss + example_share * self.cfg.relation_loss * self.relation_loss(
+                enc, tokens, pointers, batch["sensors"]["objects"])
         return loss
 
     def sentence(self, prompt: str, answer: str | None):

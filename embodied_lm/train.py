@@ -14,6 +14,7 @@ import json
 import math
 import time
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -42,6 +43,14 @@ def make_batch(examples: list[Example], idx: np.ndarray, pad_id: int) -> dict:
     batch = collate([examples[i].sentence for i in idx], pad_id)
     batch["sensors"] = collate_sensors([examples[i].sensors for i in idx])
     return batch
+
+
+def length_groups(idx: np.ndarray, lengths: np.ndarray, n: int) -> list[np.ndarray]:
+    """``idx`` sorted by sentence length and cut into ``n`` runs, each padded only to its own longest
+    (a batch padded to its longest example spends ~45 % of its positions on padding on the main job's
+    data; two runs ~20 %)."""
+    order = idx[np.argsort(lengths[idx], kind="stable")]
+    return [g for g in np.array_split(order, n) if len(g)]
 
 
 def _optimizer(model: EmbodiedLM, cfg: TrainConfig) -> torch.optim.Optimizer:
@@ -155,7 +164,8 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
         state = load_checkpoint(model, resume, opt)
         rng.bit_generator.state = state.pop("rng")
     pad = model.tok.pad_token_id
-    n_answer = _answer_tokens(examples, pad) if world_size > 1 else None
+    n_answer = _answer_tokens(examples, pad)
+    lengths = np.array([len(e.sentence.ids) for e in examples])
     params = [p for p in model.parameters() if p.requires_grad]
     lr_scale, reported = None, False
     model.train()
@@ -165,22 +175,28 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
     while state["step"] < cfg.steps:
         idx = draw(rng)  # the global batch: the same on every rank
         mine = np.array_split(idx, world_size)[rank]
-        batch = to_device(make_batch(examples, mine, pad), device)
         lr_scale = _lr_scale(state["step"], cfg)
         for g, lr in zip(opt.param_groups, base_lrs):
             g["lr"] = lr * lr_scale
-        with autocast(device.type, cfg.precision):
-            loss = forward(batch)  # mean over this slice's answer tokens
+        n_mine, n_global = int(n_answer[mine].sum()), int(n_answer[idx].sum())
+        # DDP averages over ranks -> scaled, the gradient of the global batch's mean loss
+        scale = world_size * n_mine / n_global
         opt.zero_grad(set_to_none=True)
-        if world_size > 1:  # DDP averages over ranks -> the gradient of the global batch's mean loss
-            n_mine, n_global = int(n_answer[mine].sum()), int(n_answer[idx].sum())
-            (loss * (world_size * n_mine / n_global)).backward()
-        else:
-            loss.backward()
+        loss = 0.0
+        parts = length_groups(mine, lengths, cfg.micro_batches)
+        for i, part in enumerate(parts):
+            batch = to_device(make_batch(examples, part, pad), device)
+            sync = i == len(parts) - 1 or not hasattr(forward, "no_sync")  # DDP: all-reduce once per step
+            with nullcontext() if sync else forward.no_sync():
+                with autocast(device.type, cfg.precision):
+                    part_loss = forward(batch, answer_share=float(n_answer[part].sum() / n_mine),
+                                        example_share=len(part) / len(mine))
+                (part_loss * scale).backward()
+            loss = loss + part_loss.detach()  # this slice's mean over its answer tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         if world_size > 1:
-            total = (loss.detach() * (n_mine / n_global)).reshape(1)
+            total = (loss * (n_mine / n_global)).reshape(1)
             torch.distributed.all_reduce(total)
             loss_value = total.item()
         else:

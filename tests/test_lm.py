@@ -30,6 +30,8 @@ def test_injection_places_sensor_tokens_exactly_and_masks_labels(tiny):
     batch = collate([s], tok.pad_token_id)
     slots = batch["slots"][0]
     assert (slots >= 0).sum() == 2 and sorted(slots[slots >= 0].tolist()) == [0, 2]
+    # the slot takes the place of the space before it (a space token would cost a position)
+    assert s.ids[:slots.tolist().index(0)] == tok("Obj 1 is", add_special_tokens=False)["input_ids"]
     emb = tiny.embed(batch["ids"])  # (1, T, D)
     sensor = torch.randn(1, 16, emb.shape[-1])
     out = inject(emb, batch["slots"], sensor)
@@ -194,6 +196,26 @@ def test_save_load_identical_logits_and_exact_resume(tmp_path, cfg, tcfg):
 
     with torch.no_grad():
         assert torch.equal(logits(a), logits(d))
+
+
+def test_micro_batches_train_the_same_model(tmp_path):
+    """A batch cut into length-sorted parts (less padding) gives the batch's loss and gradient."""
+    from embodied_lm.data import Example
+    from embodied_lm.train import TrainConfig, train
+
+    cfg = ModelConfig(backbone="tiny", sensors="state", mode="full")
+    runs = []
+    for parts in (1, 2, 3):
+        model = EmbodiedLM(cfg, seed=0)
+        ex = [Example(model.sentence("Obj 1 is <obj_1>." + " Obj 2 is <obj_2>. Then more words." * (i % 4)
+                                     + "\nNext:", f"pick obj_{1 + i % 2}"), e.sensors, e.task)
+              for i, e in enumerate(_examples(model))]  # 4 prompt lengths
+        tcfg = TrainConfig(steps=4, batch_size=6, warmup=1, checkpoint_every=100, precision="fp32",
+                           micro_batches=parts)
+        runs.append(train(model, ex, tcfg, tmp_path / str(parts), progress=False)["losses"])
+    assert len(set(map(len, runs))) == 1
+    np.testing.assert_allclose(runs[1], runs[0], atol=1e-4)
+    np.testing.assert_allclose(runs[2], runs[0], atol=1e-4)
 
 
 def test_checkpoint_from_another_config_is_refused(tmp_path):
