@@ -204,6 +204,10 @@ class RayConfig:
 @dataclass
 class DecodeConfig:
     constrained: bool = True  # grammar-constrained decoding of every step
+    precision: str = "auto"  # the planner's: one of PRECISIONS (fp32 = what a CPU without native bf16 runs)
+
+    def __post_init__(self) -> None:
+        check_choice("decode.precision", self.precision, PRECISIONS)
 
 
 @dataclass

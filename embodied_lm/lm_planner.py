@@ -47,11 +47,12 @@ class EmbodiedLMPlanner:
         """The model in this process, or (Ray workers, or no model yet) its checkpoint to load."""
         from embodied_lm.train import load_trained, read_checkpoint_config
 
+        decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision}
         if cfg.ray.enabled:
             sensors = read_checkpoint_config(checkpoint)["model"]["sensors"]
-            return {"checkpoint": checkpoint, "constrained": cfg.decode.constrained}, sensors != "state"
+            return {"checkpoint": checkpoint, **decode}, sensors != "state"
         model = model if model is not None else load_trained(checkpoint, seed=cfg.seed)
-        return {"model": model, "constrained": cfg.decode.constrained}, model.cfg.sensors != "state"
+        return {"model": model, **decode}, model.cfg.sensors != "state"
 
     def reset(self, env, obs, info) -> None:
         self.env, self.history = env, []

@@ -147,7 +147,7 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
         from embodied_lm.model import native_bf16, resolve_precision
 
         trained = timing.get("train_s", 0) > 0
-        results["precision"] = {"native_bf16_cpu": native_bf16("cpu"), "planner": resolve_precision("cpu"),
+        results["precision"] = {"native_bf16_cpu": native_bf16("cpu"), "planner": resolve_precision("cpu", cfg.decode.precision),
                                 "train": resolve_precision("cpu", cfg.train.precision) if trained else None}
     if ray_stats is not None:
         keys = ("workers", "nodes", "retries", "retried_specs", "worker_deaths", "startup_s", "wall_s")

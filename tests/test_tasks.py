@@ -52,3 +52,14 @@ def test_same_spec_builds_same_scene_and_instruction():
     assert w1.state() == w2.state()
     explicit = EpisodeSpec("p2_stack", {"order": ["red", "blue"]}, 3, 1, "Make a red-blue tower.")
     assert build_episode(w1, explicit).instruction == "Make a red-blue tower."
+
+
+def test_instruction_control_can_fail():
+    """benchmarks/instruction_control judges reversed and vague instructions on the same scene: the
+    oracle, which reads the spec's params and not the instruction, builds the generated tower every
+    time -- full marks as written and with the vague instruction, none reversed."""
+    from benchmarks.instruction_control import run_control
+
+    res = run_control(make_planner("oracle"), episodes=4, progress=False)
+    assert res["as_written"] == 1.0 and res["vague"] == 1.0 and res["reversed"] == 0.0
+    assert 0.0 <= res["floor"] <= 1.0 and res["episodes"] == 4
