@@ -10,6 +10,7 @@ full-sequence logits would dominate the cost on a CPU.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import torch
@@ -126,8 +127,10 @@ class EmbodiedLM(nn.Module):
         if cfg.mode == "lora":
             from peft import LoraConfig, get_peft_model
 
-            lm = get_peft_model(lm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
-                                               target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
+            with warnings.catch_warnings():  # peft calls it, not this project (transformers 5.24 deprecates it)
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                lm = get_peft_model(lm, LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=0.0,
+                                                   target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM"))
             base = lm.get_base_model()
         else:
             base = lm
