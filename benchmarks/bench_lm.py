@@ -30,10 +30,10 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from benchmarks.bench_ray_rollouts import load, machine
+from embodied_lm.config import RunConfig
 from embodied_lm.data import Example, prompt_text
 from embodied_lm.evaluate import run_episode
 from embodied_lm.lm_planner import EmbodiedLMPlanner
-from embodied_lm.config import RunConfig
 from embodied_lm.model import EmbodiedLM, autocast, native_bf16
 from embodied_lm.planners import make_planner
 from embodied_lm.train import _optimizer, length_groups, make_batch
@@ -99,7 +99,8 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
     model.train()
     for i in range(n_steps + 3):
         idx = rng.integers(len(examples), size=RUN.train.batch_size)
-        parts = [make_batch(examples, p, model.tok.pad_token_id) for p in length_groups(idx, lengths, micro_batches)]
+        parts = [make_batch(examples, p, model.tok.pad_token_id)
+                 for p in length_groups(idx, lengths, micro_batches)]
         counter = FlopCounterMode(display=False) if i == 0 else None
         t = time.perf_counter()
         with counter or torch.enable_grad():
@@ -172,8 +173,8 @@ def main() -> None:
                       f"{r['share_of_peak']:>7.0%}  load {load()}", flush=True)
         row["planner"] = planner_latency(model, steps, args.planner_steps)
         out["backbones"][name] = row
-        print(f"{name:9} planner: {row['planner']['median_ms']:.1f} ms/step median, p90 {row['planner']['p90_ms']:.1f}",
-              flush=True)
+        p = row["planner"]
+        print(f"{name:9} planner: {p['median_ms']:.1f} ms/step median, p90 {p['p90_ms']:.1f}", flush=True)
     print(f"(mean {row[next(iter(row))]['mean_tokens_per_example']} tokens per training example; batch "
           f"{RUN.train.batch_size}; LoRA r={RUN.train.lora_r} on {', '.join(RUN.train.lora_targets)}; planner = "
           "constrained greedy decoding with a KV cache, LoRA merged)")

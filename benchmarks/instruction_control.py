@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from embodied_lm.evaluate import run_episode
 from sim.env import EnvConfig, TabletopEnv
-from sim.tasks import FAMILIES, build_episode, generate_specs
+from sim.tasks import build_episode, generate_specs
 
 VAGUE = "Stack some blocks."
 
@@ -54,7 +54,7 @@ def run_control(planner, episodes: int = 50, seed: int = 0, progress: bool = Tru
             out["as_written"].append(run_episode(env, planner, spec).success)
             rev = replace(spec, instruction=reversed_instruction(env, spec))
             row = run_episode(env, planner, rev)
-            out["reversed"].append(_stands_in(env, order[::-1]) and not row.plan[-1:] == ["refuse"])
+            out["reversed"].append(_stands_in(env, order[::-1]) and row.plan[-1:] != ["refuse"])
             env.reset(options={"spec": spec})
             out["floor"].append(env.success())  # already standing in the named order
             out["vague"].append(run_episode(env, planner, replace(spec, instruction=VAGUE)).success)

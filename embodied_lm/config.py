@@ -236,6 +236,9 @@ class RunConfig:
             raise ConfigError(f"stage must be all, collect, train or eval, or several joined by '+' "
                               f"(train+eval), got {self.stage!r}")
         self.train.seed = self.seed  # one seed per run
+        images_needed = self.sensors.name != "state" and {"collect", "train"} <= set(self.stages)
+        if self.collect.images is False and images_needed:
+            raise ConfigError(f"collect.images=false but sensors={self.sensors.name} trains on camera images")
         kind = self.embodiment.get("kind", "sim")
         if kind == "ros":
             from embodied_lm.ros import RosConfig

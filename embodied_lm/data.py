@@ -71,6 +71,21 @@ def cameras_from_attrs(attrs: dict) -> dict[str, dict[str, np.ndarray]]:
                   for k, v in p.items()} for cam, p in attrs.get("cameras", {}).items()}
 
 
+def encoder_keys(reader, encoder, path) -> set[str]:
+    """The observation keys ``encoder`` reads, probed on the store's first step (``reader``: a
+    ReplayReader).  A one-line ValueError when the store lacks them (demonstrations recorded without
+    the images an image encoder needs), so a run can refuse the store before it trains."""
+    probe = _KeyRecorder(reader.step(0))
+    try:
+        encoder.preprocess(probe, cameras_from_attrs(reader.attrs))
+    except ValueError as e:
+        if "obs: missing" not in str(e):
+            raise
+        raise ValueError(f"{path}: the {encoder.name!r} encoder cannot read this store ({e}); record the "
+                         "demonstrations with images (collect.images=true)") from None
+    return probe.used
+
+
 def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None) -> list[Example]:
     """Every step of every successful episode in the store (optionally only some families)."""
     from embodied_lm.datasets import ReplayReader
@@ -79,15 +94,8 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
     if reader.n_episodes == 0:
         return []
     cameras = cameras_from_attrs(reader.attrs)
-    probe = _KeyRecorder(reader.step(0))
-    try:
-        encoder.preprocess(probe, cameras)
-    except ValueError as e:
-        if "obs: missing" not in str(e):
-            raise
-        raise ValueError(f"{path}: the {encoder.name!r} encoder cannot read this store ({e}); record the "
-                         "demonstrations with images (collect.images=true)") from None
-    columns = {k: reader.column(k) for k in sorted(probe.used | {"objects"})}  # one read per needed key
+    used = encoder_keys(reader, encoder, path)
+    columns = {k: reader.column(k) for k in sorted(used | {"objects"})}  # one read per needed key
     objects = columns["objects"]
     ends = reader.episode_ends
     starts = np.concatenate([[0], ends[:-1]])

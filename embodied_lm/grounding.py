@@ -116,7 +116,8 @@ def ground(instruction: str, objects: np.ndarray) -> str:
                 target = _one([o for o in scene if int(o.name.split("_")[1]) == ref.support], phrase,
                               f"object under the {colour} {ref.kind}")
             else:
-                target = _one([o for o in blocks if o.support == slot], phrase, f"block on the {colour} {ref.kind}")
+                target = _one([o for o in blocks if o.support == slot], phrase,
+                              f"block on the {colour} {ref.kind}")
             return (f"the {m['rhead']} {target.name} {m['rel']} the {m['rcol']}"
                     f"{' ' + m['rnoun'] if m['rnoun'] else ''} {ref.name}")
         if m["side"]:

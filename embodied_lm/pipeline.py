@@ -147,7 +147,8 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
         from embodied_lm.model import native_bf16, resolve_precision
 
         trained = timing.get("train_s", 0) > 0
-        results["precision"] = {"native_bf16_cpu": native_bf16("cpu"), "planner": resolve_precision("cpu", cfg.decode.precision),
+        results["precision"] = {"native_bf16_cpu": native_bf16("cpu"),
+                                "planner": resolve_precision("cpu", cfg.decode.precision),
                                 "train": resolve_precision("cpu", cfg.train.precision) if trained else None}
     if ray_stats is not None:
         keys = ("workers", "nodes", "retries", "retried_specs", "worker_deaths", "startup_s", "wall_s")
@@ -168,6 +169,18 @@ def _dataset(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path:
 
         ReplayReader(path)  # raises a one-line InvalidStoreError when it is not a valid store
     return path
+
+
+def _check_dataset_fits(cfg: RunConfig, path: Path) -> None:
+    """A one-line ValueError when the configured encoder cannot read the store (no images for an
+    image encoder): found before training, not after the model has loaded."""
+    from embodied_lm.data import encoder_keys
+    from embodied_lm.datasets import ReplayReader
+    from sensors import build_encoder
+
+    reader = ReplayReader(path)
+    if reader.n_episodes:
+        encoder_keys(reader, build_encoder(cfg.sensors.name, **{"seed": cfg.seed, **cfg.sensors.encoder}), path)
 
 
 def _checkpoint(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path:
@@ -239,7 +252,7 @@ def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path |
     # Validate before spending: a bad spec line or a missing input fails now, not after training.
     specs = eval_specs(cfg) if "eval" in stages else []
     if "train" in stages and "collect" not in stages:
-        _dataset(cfg, run_dir, must_exist=True)
+        _check_dataset_fits(cfg, _dataset(cfg, run_dir, must_exist=True))
     if "eval" in stages and "train" not in stages and lm:
         _checkpoint(cfg, run_dir, must_exist=True)
     torch.set_num_threads(cfg.threads or free_cores())

@@ -29,9 +29,10 @@ class Sentence:
 
 def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: int,
                    per_object: int = 1) -> Sentence:
-    """Tokenize ``prompt`` (+ `` answer`` + eos); a space before a placeholder is dropped.  ``kind`` "objects": ``<obj_k>`` -> the ``per_object``
-    slots (k-1)*per_object ... k*per_object-1 (k <= n_slots / per_object); "image": ``<img>`` -> slots
-    0..n_slots-1.  Anything else in angle brackets is an error."""
+    """Tokenize ``prompt`` (+ `` answer`` + eos); a space before a placeholder is dropped.  ``kind``
+    "objects": ``<obj_k>`` -> the ``per_object`` slots (k-1)*per_object ... k*per_object-1
+    (k <= n_slots / per_object); "image": ``<img>`` -> slots 0..n_slots-1.  Anything else in angle
+    brackets is an error."""
     ids: list[int] = []
     slots: list[int] = []
     pos = 0

@@ -63,7 +63,8 @@ TOWER = _scene((1, "red", "block", (0.40, 0.20), 0), (2, "white", "block", (0.50
     ("What colour is the leftmost block?", "What colour is the leftmost block obj_1?"),
     ("Tell me the colour of the rightmost one.", "Tell me the colour of the rightmost one obj_5."),
     ("What colour is the block nearest to the robot?", "What colour is the block obj_1 nearest to the robot?"),
-    ("What colour is the block farthest from the robot?", "What colour is the block obj_7 farthest from the robot?"),
+    ("What colour is the block farthest from the robot?",
+     "What colour is the block obj_7 farthest from the robot?"),
     ("What colour is the block at x 0.61 y 0.04?", "What colour is the block obj_7 at x 0.61 y 0.04?"),
     ("Is the white block on the yellow block?", "Is the white block obj_2 on the yellow block obj_5?"),  # colours
 ])

@@ -47,6 +47,9 @@ def test_bad_values_are_config_errors():
             cfg = compose(config_name="config", overrides=[override])
             with pytest.raises(ConfigError, match=why.replace(".", r"\.")):
                 load_run_config(cfg)
+        cfg = compose(config_name="config", overrides=["sensors=vit", "collect.images=false"])
+        with pytest.raises(ConfigError, match="collect.images=false but sensors=vit trains on camera images"):
+            load_run_config(cfg)
         # a value of the wrong type is refused while composing, against the RunConfig schema
         with pytest.raises(Exception, match=r"eval\.episodes"):
             compose(config_name="config", overrides=["eval.episodes=lots"])
@@ -182,6 +185,21 @@ def test_bad_spec_file_rejected_before_anything_runs(tmp_path):
         out = _run(planner, f"eval.spec={spec}", f"hydra.run.dir={tmp_path / 'run'}")
         assert out.returncode == 2 and "bad.jsonl:2:" in out.stderr and "teal" in out.stderr
         assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "demos.zarr").exists()
+
+
+def test_store_without_images_refused_before_an_image_encoder_trains(tmp_path):
+    """Demonstrations recorded without images cannot train the ViT: refused before any model loads."""
+    store = tmp_path / "state_only.zarr"
+    out = _run("stage=collect", "collect.episodes=1", "collect.families=[q1_color]", "ray.num_workers=0",
+               f"dataset={store}", f"hydra.run.dir={tmp_path / 'a'}")
+    assert out.returncode == 0, out.stderr[-1500:]
+    t = time.perf_counter()
+    out = _run("planner=embodied_lm", "stage=train", "sensors=vit", f"dataset={store}",
+               f"hydra.run.dir={tmp_path / 'b'}")
+    assert out.returncode == 2 and "the 'vit' encoder cannot read this store" in out.stderr, out.stderr[-1500:]
+    assert "collect.images=true" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "b" / "checkpoint").exists()
+    print(f"refused in {time.perf_counter() - t:.1f} s")
 
 
 def _wait_for_episodes(store, n: int, proc, timeout_s: float = 180) -> None:
