@@ -83,6 +83,11 @@ def encoder_keys(reader, encoder, path) -> set[str]:
             raise
         raise ValueError(f"{path}: the {encoder.name!r} encoder cannot read this store ({e}); record the "
                          "demonstrations with images (collect.images=true)") from None
+    frames = sorted(k for k in probe.used if k.startswith(("rgb_", "depth_", "mask_")))
+    if frames and reader.attrs.get("images") is False:
+        raise ValueError(f"{path}: the {encoder.name!r} encoder reads {', '.join(frames)}, but this store was "
+                         "recorded without images (blank frames); record the demonstrations with images "
+                         "(collect.images=true)")
     return probe.used
 
 

@@ -84,7 +84,8 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     specs = generate_specs(c.families, c.levels, c.episodes, cfg.seed, "train", c.refer)
     images = cfg.collect.images if cfg.collect.images is not None else cfg.sensors.name != "state"
     t0 = time.perf_counter()
-    with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict)) as writer:
+    # "images": false marks blank frames (the env skips rendering), which no image encoder may train on
+    with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict) | {"images": images}) as writer:
         rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer)
     ok = sum(r.success for r in rows)
     print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
@@ -132,7 +133,8 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
         if cfg.record:
             from embodied_lm.datasets import ReplayWriter
 
-            recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=store_attrs(cfg, cfg_dict)))
+            attrs = store_attrs(cfg, cfg_dict) | {"images": True}  # a recording renders every camera
+            recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=attrs))
         t0 = time.perf_counter()
         rows, ray_stats = rollouts(cfg, specs, name, kwargs, needs_images or bool(cfg.record), recorder)
         eval_s = time.perf_counter() - t0
