@@ -47,8 +47,8 @@ def make_batch(examples: list[Example], idx: np.ndarray, pad_id: int) -> dict:
 
 def length_groups(idx: np.ndarray, lengths: np.ndarray, n: int) -> list[np.ndarray]:
     """``idx`` sorted by sentence length and cut into ``n`` runs, each padded only to its own longest
-    (a batch padded to its longest example spends ~45 % of its positions on padding on the main job's
-    data; two runs ~20 %)."""
+    (a batch padded to its longest example spends about a third of its positions on padding on the
+    main job's data; two runs under a fifth: benchmarks/README.md, "LM speed")."""
     order = idx[np.argsort(lengths[idx], kind="stable")]
     return [g for g in np.array_split(order, n) if len(g)]
 
