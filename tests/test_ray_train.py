@@ -103,7 +103,9 @@ def test_two_workers_train_the_same_model(ray_session, dataset, reference, tmp_p
     wdiff = _max_weight_diff(ckpt, ref_ckpt)
     print(f"2 workers vs train(): max |loss diff| {diff:.3g}, max |weight diff| {wdiff:.3g}")
     assert diff <= TOL, (losses, ref["losses"])
-    assert wdiff <= 1e-5
+    # the same math summed in another order; Adam turns rounding in near-zero gradients into lr-sized
+    # steps (seen 8e-6 with recipe v5's prompts, 3.5e-5 with v6's); the logged losses stay identical
+    assert wdiff <= 1e-4
     assert state["tokens"] == ref["tokens"]
 
     fresh = EmbodiedLM(MODEL, seed=123)  # another init: the checkpoint must overwrite what trains
