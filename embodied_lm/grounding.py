@@ -51,16 +51,20 @@ class UnresolvedReference(PlannerRefusal):
 
 @dataclass(frozen=True)
 class SceneObject:
-    name: str  # obj_k
+    slot: int  # k of obj_k (1-based), what the support column counts in
     colour: str
     kind: str
     xy: np.ndarray  # (2,) m, world frame: +x away from the robot, +y to its left
     support: int  # 0 table, k resting on obj_k, -1 air / held
 
+    @property
+    def name(self) -> str:
+        return f"obj_{self.slot}"
+
 
 def scene_objects(objects: np.ndarray) -> list[SceneObject]:
     """The present objects of an ``objects`` array (MAX_OBJECTS, OBJECT_FEATURES)."""
-    return [SceneObject(f"obj_{i + 1}", COLOR_NAMES[int(objects[i, Col.COLOR])], KINDS[int(objects[i, Col.KIND])],
+    return [SceneObject(int(i) + 1, COLOR_NAMES[int(objects[i, Col.COLOR])], KINDS[int(objects[i, Col.KIND])],
                         objects[i, Col.XYZ][:2].astype(float), int(round(float(objects[i, Col.SUPPORT]))))
             for i in np.flatnonzero(objects[:, Col.PRESENT] > 0.5)]
 
@@ -111,12 +115,11 @@ def ground(instruction: str, objects: np.ndarray) -> str:
         if m["rel"]:
             rel, colour = m["rel"].lower(), m["rcol"].lower()
             (ref,) = _by_colour(scene, colour, (m["rnoun"] or "").lower(), phrase)
-            slot = int(ref.name.split("_")[1])
             if rel in _BELOW:
-                target = _one([o for o in scene if int(o.name.split("_")[1]) == ref.support], phrase,
+                target = _one([o for o in scene if o.slot == ref.support], phrase,
                               f"object under the {colour} {ref.kind}")
             else:
-                target = _one([o for o in blocks if o.support == slot], phrase,
+                target = _one([o for o in blocks if o.support == ref.slot], phrase,
                               f"block on the {colour} {ref.kind}")
             return (f"the {m['rhead']} {target.name} {m['rel']} the {m['rcol']}"
                     f"{' ' + m['rnoun'] if m['rnoun'] else ''} {ref.name}")
