@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import time
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Generator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -36,12 +36,26 @@ class EpisodeRow:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
-    """Drive one episode through any ``Embodiment`` (sim env or ROS bridge)."""
+@dataclass
+class EpisodeStep:
+    """One decided step of an episode, as ``episode_steps`` yields it."""
+
+    obs: dict[str, Any]  # what the planner acted on
+    action: str  # the skill call, or "refuse" when the planner refused (no skill ran)
+    ok: bool
+    message: str
+    info: dict[str, Any]  # the env's info after the step (the previous info for a refusal)
+    next_obs: dict[str, Any] | None  # the observation after the step; None for a refusal
+
+
+def episode_steps(env: Embodiment, planner: Planner,
+                  spec: EpisodeSpec) -> Generator[EpisodeStep, None, EpisodeRow]:
+    """Drive one episode, yielding each step as it is decided and run (live views watch these);
+    returns the episode's row.  ``run_episode`` is this generator run to its end."""
     t0 = time.perf_counter()
     obs, info = env.reset(options={"spec": spec})
     planner.reset(env, obs, info)
-    plan, oks, msgs, frames = [], [], [], []
+    plan, oks, msgs = [], [], []
     planner_s, ended, physics = 0.0, False, 0
     refused = False
     while True:
@@ -53,15 +67,16 @@ def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=N
             oks.append(False)
             msgs.append(f"refused: {e}")
             refused = True
+            yield EpisodeStep(obs, "refuse", False, msgs[-1], info, None)
             break
         planner_s += time.perf_counter() - t
-        if recorder is not None:
-            frames.append(obs)
+        prev = obs
         obs, _, terminated, truncated, info = env.step(action)
         plan.append(action)
         oks.append(bool(info["skill_success"]))
         msgs.append(info["message"])
         physics += int(info.get("physics_steps", 0))
+        yield EpisodeStep(prev, action, oks[-1], msgs[-1], info, obs)
         if terminated or truncated:
             ended = terminated
             break
@@ -69,9 +84,23 @@ def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=N
     plan_ok = ended and all(oks)
     if FAMILIES[spec.task].kind == "question":
         plan_ok = plan_ok and success
-    row = EpisodeRow(spec.to_dict(), info["instruction"], plan, oks, msgs, success, plan_ok, len(plan),
-                     round(float(info["sim_time"]), 3), 1000 * planner_s / max(len(plan), 1),
-                     time.perf_counter() - t0, physics)
+    return EpisodeRow(spec.to_dict(), info["instruction"], plan, oks, msgs, success, plan_ok, len(plan),
+                      round(float(info["sim_time"]), 3), 1000 * planner_s / max(len(plan), 1),
+                      time.perf_counter() - t0, physics)
+
+
+def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
+    """Drive one episode through any ``Embodiment`` (sim env or ROS bridge)."""
+    steps = episode_steps(env, planner, spec)
+    frames = []
+    while True:
+        try:
+            step = next(steps)
+        except StopIteration as end:
+            row = end.value
+            break
+        if recorder is not None and step.next_obs is not None:  # the frame each skill started from
+            frames.append(step.obs)
     if recorder is not None:
         recorder.append(_to_record(frames, row))
     return row
