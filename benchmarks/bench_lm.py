@@ -107,7 +107,7 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
             opt.zero_grad(set_to_none=True)
             for b in parts:
                 with autocast("cpu", precision):
-                    loss = model(b, answer_share=1 / len(parts), example_share=1 / len(parts))
+                    loss = model(b, answer_share=1 / len(parts), obs_share=1 / len(parts))
                 loss.backward()
             opt.step()
         if counter is not None:  # counted, not timed: its hooks cost time

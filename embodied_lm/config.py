@@ -25,6 +25,7 @@ TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_g
 LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("frozen", "lora", "full")  # frozen: encoder + projector train | lora: + LoRA adapters | full: all
 PROJECTORS = ("linear", "mlp")
+CONTEXTS = ("step", "episode")  # what one training sentence holds: one step, or a whole episode (embodied_lm.data)
 PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast where the CPU/GPU has native bf16
 
 
@@ -151,6 +152,7 @@ class TrainConfig:
     lora_r: int = 16  # LoRA alpha is 2 * r
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
     relation_steps: int = 150  # encoder-only steps on the relation loss first (sensors with relation_loss > 0)
+    context: str = "step"  # one of CONTEXTS; the planner decodes in the context its checkpoint trained in
     balance: str = "family"  # family: task families equally likely per batch | step: every example
     # balance=family: relative odds of each family in a batch (1 for a family not named)
     family_weights: dict[str, float] = field(default_factory=lambda: {"p2_stack": 3.0, "q2_on_table": 2.0})
@@ -168,6 +170,7 @@ class TrainConfig:
         check_choice("train.projector", self.projector, PROJECTORS)
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.balance", self.balance, ("family", "step"))
+        check_choice("train.context", self.context, CONTEXTS)
         check_choice("train.backend", self.backend, ("local", "ray"))
         for k in ("steps", "batch_size", "micro_batches", "checkpoint_every", "lora_r", "num_workers"):
             if getattr(self, k) < 1:
@@ -266,7 +269,7 @@ class RunConfig:
         return ModelConfig(backbone=self.backbone.name, sensors=self.sensors.name,
                            encoder=dict(self.sensors.encoder), projector=t.projector, mode=t.mode,
                            lora_r=t.lora_r, lora_targets=list(t.lora_targets),
-                           relation_loss=self.sensors.relation_loss)
+                           relation_loss=self.sensors.relation_loss, context=t.context)
 
 
 def register_configs() -> None:

@@ -1,8 +1,13 @@
-"""Training examples from a zarr trajectory store: one example per executed step.
+"""Training examples from a zarr trajectory store, in one of two contexts (``CONTEXTS``):
 
+``step``: one example per executed step, the whole prompt again at every step --
     prompt  = "Scene: obj_1 is <obj_1>. ... Task: <instruction> Done so far: <steps>. Next:"
     answer  = the oracle's next skill call (or answer)
     sensors = the encoder's preprocessed observation before that step
+``episode``: one example per episode, each step's observation where the step begins and the loss on
+    every step's answer (PaLM-E / Kosmos-1 interleaving; about half the tokens per decision) --
+    "Scene: ... Task: <instruction> Next: <answer 1></s>Scene: ... Next: <answer 2></s>..."
+    The planner keeps the episode's KV cache and adds only each new step (``EmbodiedLMPlanner``).
 """
 
 from __future__ import annotations
@@ -14,15 +19,17 @@ from dataclasses import dataclass
 import numpy as np
 
 from embodied_lm.grounding import ground
-from embodied_lm.sentence import Sentence, build_sentence
+from embodied_lm.sentence import Sentence, build_sentence, join
 from skills.vocab import Col
 
 _MENTION = re.compile(r"\bobj_([1-9][0-9]*)\b")
 
 
-def prompt_text(instruction: str, history: Sequence[str], kind: str, objects: np.ndarray | None = None) -> str:
-    """The multimodal prompt.  ``objects``: the observed object rows (objects encoders), whose present
-    objects are introduced by name and whose colours resolve the instruction's colour references.
+def prompt_text(instruction: str, history: Sequence[str] | None, kind: str,
+                objects: np.ndarray | None = None) -> str:
+    """The multimodal prompt (``history`` None: no "Done so far" line, the episode context's).
+    ``objects``: the observed object rows (objects encoders), whose present objects are introduced by
+    name and whose colours resolve the instruction's colour references.
 
     Objects are introduced by the name plans and instructions use (``Scene: obj_3 is <obj_3>.``), and
     every mention of a present object in the instruction carries its token too (``Pick up obj_3 <obj_3>.``):
@@ -31,15 +38,26 @@ def prompt_text(instruction: str, history: Sequence[str], kind: str, objects: np
     name of the object it names after it ("the red block obj_3 <obj_3>") or refuses the instruction
     (``UnresolvedReference``) when the scene holds no such object or several."""
     if kind == "objects":
-        present = present_slots(objects)
-        scene = "Scene:" + "".join(f" obj_{k} is <obj_{k}>." for k in present)
-        on = set(present)
+        on = set(present_slots(objects))
         instruction = _MENTION.sub(lambda m: f"{m.group(0)} <{m.group(0)}>" if int(m.group(1)) in on
                                    else m.group(0), ground(instruction, objects))
-    else:
-        scene = "Scene: <img>."
-    done = "; ".join(history) if history else "nothing"
-    return f"{scene}\nTask: {instruction}\nDone so far: {done}.\nNext:"
+    done = "" if history is None else f"\nDone so far: {'; '.join(history) if history else 'nothing'}."
+    return f"{scene_text(kind, objects)}\nTask: {instruction}{done}\nNext:"
+
+
+def scene_text(kind: str, objects: np.ndarray | None = None) -> str:
+    """``Scene: obj_1 is <obj_1>. ...`` (objects encoders: the present objects) or ``Scene: <img>.``"""
+    if kind == "objects":
+        return "Scene:" + "".join(f" obj_{k} is <obj_{k}>." for k in present_slots(objects))
+    return "Scene: <img>."
+
+
+def episode_prompt(instruction: str, step: int, kind: str, objects: np.ndarray | None = None) -> str:
+    """The text before step ``step``'s answer in the ``episode`` context: the first step introduces the
+    scene and the task (as ``prompt_text``, without a history), each later one only its new scene."""
+    if step == 0:
+        return prompt_text(instruction, None, kind, objects)
+    return scene_text(kind, objects) + "\nNext:"
 
 
 def present_slots(objects: np.ndarray) -> list[int]:
@@ -50,8 +68,17 @@ def present_slots(objects: np.ndarray) -> list[int]:
 @dataclass
 class Example:
     sentence: Sentence
-    sensors: dict[str, np.ndarray]
+    sensors: dict[str, np.ndarray] | list[dict[str, np.ndarray]]  # one observation, or one per step
     task: str
+
+    @property
+    def observations(self) -> list[dict[str, np.ndarray]]:
+        return self.sensors if isinstance(self.sensors, list) else [self.sensors]
+
+    @property
+    def decisions(self) -> int:
+        """Supervised answers (steps) in this example (one without a sentence: a scene only)."""
+        return len(self.sentence.spans) if self.sentence is not None else 1
 
 
 class _KeyRecorder(dict):
@@ -91,8 +118,10 @@ def encoder_keys(reader, encoder, path) -> set[str]:
     return probe.used
 
 
-def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None) -> list[Example]:
-    """Every step of every successful episode in the store (optionally only some families)."""
+def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None,
+                        context: str = "step") -> list[Example]:
+    """Every step of every successful episode in the store (optionally only some families): one
+    example per step (``context="step"``) or per episode (``"episode"``)."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)
@@ -110,10 +139,18 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
         if not meta["success"] or (families and meta["task"] not in families):
             continue
         plan = meta["plan"].split("\n")
+        steps = []
         for t, g in enumerate(range(int(starts[i]), int(ends[i]))):
             obs = {k: col[g] for k, col in columns.items()}
-            prompt = prompt_text(meta["instruction"], plan[:t], encoder.kind, objects[g])
+            if context == "episode":
+                prompt = episode_prompt(meta["instruction"], t, encoder.kind, objects[g])
+            else:
+                prompt = prompt_text(meta["instruction"], plan[:t], encoder.kind, objects[g])
             sent = build_sentence(tok, prompt, plan[t], kind=encoder.kind, n_slots=encoder.num_slots,
                                   per_object=encoder.slots_per_object)
-            out.append(Example(sent, encoder.preprocess(obs, cameras), meta["task"]))
+            steps.append(Example(sent, encoder.preprocess(obs, cameras), meta["task"]))
+        if context == "episode":
+            out.append(Example(join([e.sentence for e in steps]), [e.sensors for e in steps], meta["task"]))
+        else:
+            out += steps
     return out

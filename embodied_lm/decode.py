@@ -33,11 +33,19 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
     ``pending`` and enter the KV cache together with the next token that needs logits."""
     from transformers import DynamicCache
 
-    out = model.body(inputs_embeds=embeds, cache=DynamicCache(), use_cache=True)
+    return greedy_in_context(model, embeds, tok, trie, DynamicCache(), max_new)[0]
+
+
+@torch.no_grad()
+def greedy_in_context(model, embeds: torch.Tensor, tok, trie: Trie | None, cache, max_new: int = 16
+                      ) -> tuple[str, list[int]]:
+    """``greedy`` after the context already in ``cache`` (a ``DynamicCache``, extended in place):
+    -> (text, the ids of the chosen tokens that entered the cache, in order)."""
+    out = model.body(inputs_embeds=embeds, cache=cache, use_cache=True)
     h = out.last_hidden_state[:, -1]  # (1, D)
-    cache = out.cache
     node = trie.root if trie is not None else None
     ids: list[int] = []
+    fed: list[int] = []  # chosen and in the cache
     pending: list[int] = []  # chosen, not yet in the cache
     for _ in range(max_new):
         if node is not None:
@@ -48,12 +56,13 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
                 if pending:
                     new = model.embed(torch.tensor([pending], device=embeds.device))  # (1, P, D)
                     out = model.body(inputs_embeds=new, cache=cache, use_cache=True)
-                    h, pending = out.last_hidden_state[:, -1], []
+                    h = out.last_hidden_state[:, -1]
+                    fed, pending = fed + pending, []
                 logits = model.head(h)[0]  # (V,)
                 nxt = allowed[int(torch.argmax(logits[allowed]))]
             node = node[nxt]
             if nxt == tok.eos_token_id:
-                return node[None]
+                return node[None], fed
             ids.append(nxt)
             pending.append(nxt)
             continue
@@ -66,7 +75,8 @@ def greedy(model, embeds: torch.Tensor, tok, trie: Trie | None = None, max_new: 
         new = model.embed(torch.tensor([[nxt]], device=embeds.device))  # (1, 1, D)
         out = model.body(inputs_embeds=new, cache=cache, use_cache=True)
         h = out.last_hidden_state[:, -1]
-    return tok.decode(ids).strip()
+        fed.append(nxt)
+    return tok.decode(ids).strip(), fed
 
 
 @torch.no_grad()

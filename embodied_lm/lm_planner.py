@@ -7,8 +7,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from embodied_lm.data import present_slots, prompt_text
-from embodied_lm.decode import Trie, greedy, score_candidates
+from embodied_lm.data import episode_prompt, present_slots, prompt_text
+from embodied_lm.decode import Trie, greedy, greedy_in_context, score_candidates
 from embodied_lm.model import autocast
 from embodied_lm.planners import register_planner
 from skills.vocab import COLOR_NAMES, KINDS, Col, all_calls
@@ -27,7 +27,11 @@ def _cameras(env) -> dict[str, dict[str, Any]]:
 
 @register_planner("embodied_lm")
 class EmbodiedLMPlanner:
-    """Closed loop: observe -> sentence (instruction + steps so far + observation tokens) -> next step."""
+    """Closed loop: observe -> sentence (instruction + steps so far + observation tokens) -> next step.
+
+    In the ``episode`` context (``model.cfg.context``) the episode is one growing sentence whose KV cache
+    the planner keeps: each step adds only its observation's text and tokens and decodes the answer; the
+    answer as training tokenized it (" <step></s>") enters the cache before the next step's text."""
 
     def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0,
                  precision: str = "auto"):
@@ -55,15 +59,25 @@ class EmbodiedLMPlanner:
         return {"model": model, **decode}, model.cfg.sensors != "state"
 
     def reset(self, env, obs, info) -> None:
+        from transformers import DynamicCache
+
         self.env, self.history = env, []
         self.cameras = _cameras(env) if self.needs_images else {}
+        self.cache, self.unfed = DynamicCache(), []  # episode context: the sentence so far; ids not yet in it
 
     @torch.no_grad()
     def act(self, obs, info) -> str:
         m = self.model
         names, kinds = _scene_objects(obs["objects"])
-        prompt = prompt_text(obs["instruction"], self.history, m.kind, obs["objects"])
+        episode = m.cfg.context == "episode"
+        if episode:
+            prompt = episode_prompt(obs["instruction"], len(self.history), m.kind, obs["objects"])
+        else:
+            prompt = prompt_text(obs["instruction"], self.history, m.kind, obs["objects"])
         sent = m.sentence(prompt, None)
+        ids, slots = sent.ids, sent.slots
+        if episode:  # the previous answer's tokens that are not in the cache yet come first
+            ids, slots = self.unfed + ids, [-1] * len(self.unfed) + slots
         from sensors import collate
 
         sensors = collate([m.encoder.preprocess(obs, self.cameras)])
@@ -74,10 +88,27 @@ class EmbodiedLMPlanner:
                 self._tries[key] = Trie(m.tok, all_calls(names, kinds))
             trie = self._tries[key]
         with autocast("cpu", self.precision):
-            embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
-            text = greedy(m, embeds, m.tok, trie)
+            embeds = m.embed_sentence(torch.tensor([ids]), torch.tensor([slots]), sensors)  # (1, T, D)
+            if not episode:
+                text = greedy(m, embeds, m.tok, trie)
+            else:
+                before = self.cache.get_seq_length() + len(ids)
+                text, fed = greedy_in_context(m, embeds, m.tok, trie, self.cache)
+                self.unfed = self._answer_ids(text, fed, before)
         self.history.append(text)
         return text
+
+    def _answer_ids(self, text: str, fed: list[int], start: int) -> list[int]:
+        """The answer as training writes it (" text" + eos) continues the cache: keep the decoded tokens
+        that agree with it (constrained decoding: all), drop the rest, and return what is still to feed."""
+        want = self.model.tok(" " + text, add_special_tokens=False)["input_ids"] + [self.model.tok.eos_token_id]
+        keep = 0
+        while keep < min(len(fed), len(want)) and fed[keep] == want[keep]:
+            keep += 1
+        extra = self.cache.get_seq_length() - (start + keep)
+        if extra > 0:  # crop(-n) drops the last n positions (transformers 5)
+            self.cache.crop(-extra)
+        return want[keep:]
 
 
 def describe_scene(objects: np.ndarray) -> str:

@@ -18,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embodied_lm.config import (
+    CONTEXTS,
     LORA_ALL_LINEAR,
     MODES,
     PRECISIONS,
@@ -67,9 +68,11 @@ class ModelConfig:
     lora_alpha: int | None = None  # None = 2 * lora_r
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
     relation_loss: float = SensorsConfig.relation_loss  # fact-word anchor loss weight (sensors/relations.py)
+    context: str = TrainConfig.context  # what a sentence holds (embodied_lm.data): the planner decodes likewise
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
+        check_choice("context", self.context, CONTEXTS)
         check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
             raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")
@@ -195,13 +198,15 @@ class EmbodiedLM(nn.Module):
         return self.encode(sensors)[-1]  # (B, n_slots, D)
 
     def embed_sentence(self, ids: torch.Tensor, slots: torch.Tensor, sensors: dict[str, torch.Tensor]):
+        """ids, slots (B, T); sensors: the sentences' observations, in order (``sentence.collate``)."""
         return inject(self.embed(ids), slots, self.sensor_tokens(sensors))  # (B, T, D)
 
     def forward(self, batch: dict[str, torch.Tensor], answer_share: float = 1.0,
-                example_share: float = 1.0) -> torch.Tensor:
+                obs_share: float = 1.0) -> torch.Tensor:
         """Mean cross-entropy over answer tokens (+ the weighted relation loss, if configured).  A
-        micro-batch of a larger batch passes its share of the batch's answer tokens and examples, so
-        that the micro-batch losses sum to the batch's."""
+        micro-batch of a larger batch passes its share of the batch's answer tokens and observations, so
+        that the micro-batch losses sum to the batch's.  ``batch["sensors"]`` holds the observations of
+        every sentence in order (one each, or one per step in the episode context)."""
         enc, tokens, pointers, slots = self.encode(batch["sensors"])
         x = inject(self.embed(batch["ids"]), batch["slots"], slots)  # (B, T, D)
         h = self.body(inputs_embeds=x, attention_mask=batch["attention_mask"]).last_hidden_state  # (B, T, D)
@@ -210,7 +215,7 @@ class EmbodiedLM(nn.Module):
         logits = self.head(h[:, :-1][sel])  # (N, V): answer positions only
         loss = answer_share * F.cross_entropy(logits.float(), target[sel])
         if self.relation_ids is not None:
-            loss = loss + example_share * self.cfg.relation_loss * self.relation_loss(
+            loss = loss + obs_share * self.cfg.relation_loss * self.relation_loss(
                 enc, tokens, pointers, batch["sensors"]["objects"])
         return loss
 

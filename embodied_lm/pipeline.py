@@ -109,7 +109,8 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
         from embodied_lm.model import EmbodiedLM
 
         model = EmbodiedLM(cfg.model_config(), seed=cfg.seed)
-        examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families)
+        examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families,
+                                       context=model.cfg.context)
         state = train(model, examples, t, checkpoint, resume=checkpoint if resume else None,
                       progress=cfg.eval.progress)
         n_examples = len(examples)

@@ -3,6 +3,10 @@
 Text carries placeholders — ``<img>`` for image tokens, ``<obj_k>`` for object k's token.  The LM's
 own tokenizer reads the text; each placeholder becomes one position (``<img>``: ``n_image`` positions)
 whose embedding is replaced by an encoder output in ``inject``.  Loss is on answer tokens only.
+
+A sentence may hold several observations (``join``: an episode interleaves each step's observation
+with the step's answer, as PaLM-E and Kosmos-1 interleave images and text): its slots index the tokens
+of all its observations, observation j's at ``j * n_slots ...``.
 """
 
 from __future__ import annotations
@@ -24,7 +28,35 @@ class SentenceError(ValueError):
 class Sentence:
     ids: list[int]  # token ids; placeholder positions hold ``pad_id``
     slots: list[int]  # per position: -1 for text, else the index of the sensor token placed there
-    n_prompt: int  # positions before the answer
+    n_prompt: int  # positions before the (first) answer
+    n_slots: int = 0  # sensor tokens per observation
+    n_obs: int = 1  # observations whose tokens the slots index (observation j: j * n_slots ...)
+    answers: tuple[tuple[int, int], ...] | None = None  # [start, end) of each answer; None: [n_prompt, end)
+
+    @property
+    def spans(self) -> tuple[tuple[int, int], ...]:
+        """Where the loss is: each answer's [start, end) positions."""
+        if self.answers is not None:
+            return self.answers
+        return ((self.n_prompt, len(self.ids)),) if self.n_prompt < len(self.ids) else ()
+
+
+def join(parts: list[Sentence]) -> Sentence:
+    """One sentence of several, each with its own observations: slots are shifted past the earlier
+    parts' observations, answers past their positions."""
+    ids: list[int] = []
+    slots: list[int] = []
+    answers: list[tuple[int, int]] = []
+    n_obs = 0
+    for p in parts:
+        if p.n_slots != parts[0].n_slots:
+            raise SentenceError(f"cannot join sentences of {parts[0].n_slots} and {p.n_slots} slots per obs.")
+        answers += [(a + len(ids), b + len(ids)) for a, b in p.spans]
+        slots += [s + n_obs * p.n_slots if s >= 0 else -1 for s in p.slots]
+        ids += p.ids
+        n_obs += p.n_obs
+    n_prompt = answers[0][0] if answers else len(ids)
+    return Sentence(ids, slots, n_prompt, parts[0].n_slots, n_obs, tuple(answers))
 
 
 def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: int,
@@ -57,7 +89,7 @@ def build_sentence(tok, prompt: str, answer: str | None, *, kind: str, n_slots: 
         part = tok(" " + answer, add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
         ids += part
         slots += [-1] * len(part)
-    return Sentence(ids, slots, n_prompt)
+    return Sentence(ids, slots, n_prompt, n_slots)
 
 
 def _placeholder(name: str, kind: str, n_slots: int, per_object: int, at: int) -> list[int]:
@@ -74,30 +106,38 @@ def _placeholder(name: str, kind: str, n_slots: int, per_object: int, at: int) -
 
 
 def collate(sentences: list[Sentence], pad_id: int) -> dict[str, torch.Tensor]:
-    """Right-padded batch: ids, slots, attention_mask, labels (IGNORE on prompt, slots and padding)."""
+    """Right-padded batch: ids, slots, attention_mask, labels (IGNORE on prompt, slots and padding).
+    The batch's observations are its sentences' in order (sentence i's first is the sum of the earlier
+    ones' ``n_obs``); ``slots`` index the tokens of all of them (``inject``)."""
     T = max(len(s.ids) for s in sentences)
     B = len(sentences)
     ids = torch.full((B, T), pad_id, dtype=torch.long)
     slots = torch.full((B, T), -1, dtype=torch.long)
     attn = torch.zeros((B, T), dtype=torch.long)
     labels = torch.full((B, T), IGNORE, dtype=torch.long)
+    first_obs = 0
     for i, s in enumerate(sentences):
         n = len(s.ids)
         ids[i, :n] = torch.tensor(s.ids)
-        slots[i, :n] = torch.tensor(s.slots)
+        local = torch.tensor(s.slots)
+        slots[i, :n] = torch.where(local >= 0, local + first_obs * s.n_slots, -1)
         attn[i, :n] = 1
-        labels[i, s.n_prompt:n] = torch.tensor(s.ids[s.n_prompt:])
+        for a, b in s.spans:
+            labels[i, a:b] = torch.tensor(s.ids[a:b])
+        first_obs += s.n_obs
     return {"ids": ids, "slots": slots, "attention_mask": attn, "labels": labels}
 
 
 def inject(embeds: torch.Tensor, slots: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
     """Replace placeholder positions by sensor tokens.
 
-    embeds (B, T, D) text embeddings; slots (B, T) long, -1 = keep; tokens (B, S, D) sensor tokens.
-    Returns (B, T, D) with ``out[b, t] = tokens[b, slots[b, t]]`` wherever ``slots[b, t] >= 0``.
+    embeds (B, T, D) text embeddings; slots (B, T) long, -1 = keep; tokens (N, S, D) the sensor tokens
+    of the batch's N observations (``collate``: one per sentence, or more for sentences that hold several).
+    Returns (B, T, D) with ``out[b, t] = tokens.flatten(0, 1)[slots[b, t]]`` wherever ``slots[b, t] >= 0``.
     """
-    if tokens.shape[0] != embeds.shape[0] or tokens.shape[-1] != embeds.shape[-1]:
-        raise SentenceError(f"sensor tokens {tuple(tokens.shape)} do not fit embeddings {tuple(embeds.shape)}")
-    idx = slots.clamp(min=0).unsqueeze(-1).expand(-1, -1, embeds.shape[-1])  # (B, T, D)
-    picked = tokens.gather(1, idx)  # (B, T, D)
+    flat = tokens.reshape(-1, tokens.shape[-1])  # (N * S, D)
+    if tokens.shape[-1] != embeds.shape[-1] or (slots.numel() and int(slots.max()) >= len(flat)):
+        raise SentenceError(f"sensor tokens {tuple(tokens.shape)} do not fit embeddings {tuple(embeds.shape)} "
+                            f"and slots up to {int(slots.max()) if slots.numel() else -1}")
+    picked = flat[slots.clamp(min=0)]  # (B, T, D)
     return torch.where((slots >= 0).unsqueeze(-1), picked.to(embeds.dtype), embeds)

@@ -41,7 +41,7 @@ def make_batch(examples: list[Example], idx: np.ndarray, pad_id: int) -> dict:
     from sensors import collate as collate_sensors
 
     batch = collate([examples[i].sentence for i in idx], pad_id)
-    batch["sensors"] = collate_sensors([examples[i].sensors for i in idx])
+    batch["sensors"] = collate_sensors([o for i in idx for o in examples[i].observations])  # in sentence order
     return batch
 
 
@@ -70,7 +70,7 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
         return {}
     from sensors import collate as collate_sensors
 
-    objects = collate_sensors([e.sensors for e in examples])["objects"]  # (E, N, 12)
+    objects = collate_sensors([o for e in examples for o in e.observations])["objects"]  # (E, N, 12)
     heads = model.relation_heads.parameters() if model.relation_heads is not None else []
     params = [*model.encoder.parameters(), *model.projector.parameters(), *heads]
     opt = torch.optim.AdamW(params, lr=3e-3)
@@ -86,17 +86,21 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
 
 
 def batch_sampler(examples: list[Example], cfg: TrainConfig):
-    """-> draw(rng) giving the example indices of one batch.  ``balance=family``: families equally
-    likely (a question is one example, a 4-step plan four: per step they would be under-trained), or as
-    likely as ``cfg.family_weights`` says (relative odds, 1 for a family not named; weights of families
-    absent from ``examples`` are unused)."""
+    """-> draw(rng) giving the example indices of one batch.  ``balance=family``: each family's decisions
+    (steps) equally likely (a question is one decision, a 4-step plan four: per step they would be
+    under-trained), or as likely as ``cfg.family_weights`` says (relative odds, 1 for a family not
+    named; weights of families absent from ``examples`` are unused).  An example is drawn in proportion
+    to its decisions (one per step example; an episode example holds all of its steps), so both contexts
+    train each family's decisions in the same proportions."""
     n = len(examples)
     if cfg.balance == "step":
         return lambda rng: rng.integers(n, size=cfg.batch_size)
     tasks = np.array([e.task for e in examples])
-    names, inverse, counts = np.unique(tasks, return_inverse=True, return_counts=True)
+    decisions = np.array([e.decisions for e in examples], dtype=np.float64)
+    names, inverse = np.unique(tasks, return_inverse=True)
+    per_family = np.bincount(inverse, weights=decisions)  # decisions of each family
     odds = np.array([cfg.family_weights.get(f, 1.0) for f in names])
-    p = odds[inverse] / counts[inverse]  # (n,): my family's odds / examples of my family
+    p = odds[inverse] / per_family[inverse]  # (n,): my family's odds / decisions of my family
     return lambda rng: rng.choice(n, size=cfg.batch_size, p=p / p.sum())
 
 
@@ -166,6 +170,7 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
     pad = model.tok.pad_token_id
     n_answer = _answer_tokens(examples, pad)
     lengths = np.array([len(e.sentence.ids) for e in examples])
+    n_obs = np.array([len(e.observations) for e in examples])
     params = [p for p in model.parameters() if p.requires_grad]
     lr_scale, reported = None, False
     model.train()
@@ -190,7 +195,7 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
             with nullcontext() if sync else forward.no_sync():
                 with autocast(device.type, cfg.precision):
                     part_loss = forward(batch, answer_share=float(n_answer[part].sum() / n_mine),
-                                        example_share=len(part) / len(mine))
+                                        obs_share=float(n_obs[part].sum() / n_obs[mine].sum()))
                 (part_loss * scale).backward()
             loss = loss + part_loss.detach()  # this slice's mean over its answer tokens
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -247,7 +252,7 @@ def read_checkpoint_config(path: str | Path) -> dict:
 
 def check_checkpoint(path: str | Path, model_cfg: ModelConfig) -> None:
     """Raises ``CheckpointError`` unless ``path`` is a complete checkpoint made for ``model_cfg``."""
-    saved = read_checkpoint_config(path)["model"]
+    saved = asdict(model_config_from_checkpoint(path))  # keys added since it was written: their defaults
     mine = asdict(model_cfg)
     diff = [f"{k}: checkpoint {saved.get(k)!r} vs config {mine[k]!r}" for k in mine if saved.get(k) != mine[k]]
     if diff:
@@ -269,7 +274,10 @@ def load_checkpoint(model: EmbodiedLM, path: str | Path, opt: torch.optim.Optimi
 
 
 def model_config_from_checkpoint(path: str | Path) -> ModelConfig:
-    return ModelConfig(**read_checkpoint_config(path)["model"])
+    try:
+        return ModelConfig(**read_checkpoint_config(path)["model"])
+    except (TypeError, ValueError) as e:  # a key this version does not know, or a value it refuses
+        raise CheckpointError(f"{path}: config.json is not a model config of this version ({e})") from None
 
 
 def load_trained(path: str | Path, seed: int = 0) -> EmbodiedLM:

@@ -231,9 +231,11 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
         load_checkpoint(other, tmp_path)
 
 
-def test_smoke_preset_end_to_end(tmp_path):
+@pytest.mark.parametrize("context", ["step", "episode"])
+def test_smoke_preset_end_to_end(tmp_path, context):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "preset=smoke",
-                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "decode.precision=fp32"],
+                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "decode.precision=fp32",
+                          f"train.context={context}"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
@@ -245,6 +247,10 @@ def test_smoke_preset_end_to_end(tmp_path):
     expected = "bf16" if native else "fp32"
     assert res["precision"] == {"native_bf16_cpu": native, "planner": "fp32", "train": expected}
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
+    saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert saved["model"]["context"] == context  # the planner decodes in the context it trained in
+    if context == "episode":
+        return
     bad = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "preset=smoke", "stage=train",
                           f"dataset={tmp_path / 'checkpoint'}", f"hydra.run.dir={tmp_path / 'b'}"],
                          capture_output=True, text=True, timeout=300, cwd=ROOT)
@@ -275,3 +281,45 @@ def test_family_balanced_batches():
         TrainConfig(family_weights={"p2_stack": 0})
     with pytest.raises(ConfigError, match="need train.balance=family"):
         TrainConfig(balance="step", family_weights={"p2_stack": 3})
+
+
+def test_episode_context_planner_extends_the_training_sentence(env, monkeypatch):
+    """In the episode context the planner's KV cache after each step holds exactly what training's
+    interleaved sentence holds at that point (same ids, positions and injected observation tokens):
+    the keys of every layer equal a cache-free forward over the joined training sentence."""
+    from embodied_lm import lm_planner
+    from embodied_lm.data import episode_prompt
+    from embodied_lm.evaluate import run_episode
+    from embodied_lm.lm_planner import EmbodiedLMPlanner
+    from embodied_lm.sentence import join
+    from sensors import collate as collate_sensors
+    from sim.tasks import generate_specs
+
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", context="episode"), seed=0)
+
+    class Recording(EmbodiedLMPlanner):
+        def act(self, obs, info):
+            self.seen.append(obs)
+            return super().act(obs, info)
+
+    # an untrained model says "done" at once: offer it only picks and places, so episodes run on
+    monkeypatch.setattr(lm_planner, "all_calls", lambda names, kinds: [
+        c for c in all_calls(names, kinds) if c.startswith(("pick", "place"))])
+    planner = Recording(model=model, precision="fp32")  # the reference forward is fp32
+    longest = 0
+    for spec in generate_specs(["p2_stack"], ["L1"], episodes=2):
+        planner.seen = []
+        row = run_episode(env, planner, spec)
+        parts = [model.sentence(episode_prompt(row.instruction, t, model.kind, o["objects"]), a)
+                 for t, (o, a) in enumerate(zip(planner.seen, row.plan))]
+        sent = join(parts)
+        sensors = collate_sensors([model.encoder.preprocess(o, {}) for o in planner.seen])
+        with torch.no_grad():
+            x = model.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)
+            full = model.body(inputs_embeds=x, use_cache=True).cache
+        n = planner.cache.get_seq_length()  # all but the last answer's tokens still waiting to be fed
+        assert 0 < len(sent.ids) - n <= 8 and len(sent.spans) == len(row.plan)
+        for mine, ref in zip(planner.cache.layers, full.layers):
+            torch.testing.assert_close(mine.keys, ref.keys[:, :, :n], atol=1e-5, rtol=1e-5)
+        longest = max(longest, len(row.plan))
+    assert longest >= 2  # the cache was extended across steps at least once

@@ -196,7 +196,8 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     ckpt_dir = Path(config["checkpoint_dir"])
     model = EmbodiedLM(ModelConfig(**config["model_cfg"]), seed=config["model_seed"])  # the same on every rank
-    examples = examples_from_store(config["dataset"], model.tok, model.encoder, config["families"])
+    examples = examples_from_store(config["dataset"], model.tok, model.encoder, config["families"],
+                                   context=model.cfg.context)
 
     def report(state: dict, lr_scale: float | None) -> None:  # all ranks: a barrier
         metrics = {**state, "loss": state["losses"][-1] if state["losses"] else None, "world_size": world,
