@@ -7,6 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from embodied_lm.config import DecodeConfig
 from embodied_lm.data import episode_prompt, present_slots, prompt_text
 from embodied_lm.decode import Trie, greedy, greedy_in_context, score_candidates
 from embodied_lm.model import autocast
@@ -34,7 +35,7 @@ class EmbodiedLMPlanner:
     answer as training tokenized it (" <step></s>") enters the cache before the next step's text."""
 
     def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0,
-                 precision: str = "auto"):
+                 precision: str = DecodeConfig.precision):
         if model is None:  # Ray workers get a checkpoint path, not a pickled model
             from embodied_lm.train import load_trained
 
@@ -42,7 +43,7 @@ class EmbodiedLMPlanner:
         self.model = model.eval()
         model.merge_lora()
         self.constrained = constrained
-        self.precision = precision  # bf16 autocast where native (embodied_lm.model.autocast)
+        self.precision = precision  # fp32, or bf16 autocast (embodied_lm.model.autocast)
         self.needs_images = model.cfg.sensors != "state"
         self._tries: dict[tuple, Trie] = {}
 

@@ -234,7 +234,7 @@ def test_checkpoint_from_another_config_is_refused(tmp_path):
 @pytest.mark.parametrize("context", ["step", "episode"])
 def test_smoke_preset_end_to_end(tmp_path, context):
     out = subprocess.run([sys.executable, str(ROOT / "experiments" / "run.py"), "preset=smoke",
-                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "decode.precision=fp32",
+                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "train.precision=auto",
                           f"train.context={context}"],
                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert out.returncode == 0, out.stderr[-2000:]
@@ -245,7 +245,7 @@ def test_smoke_preset_end_to_end(tmp_path, context):
 
     native = native_bf16("cpu")  # what kind of machine made the figures
     expected = "bf16" if native else "fp32"
-    assert res["precision"] == {"native_bf16_cpu": native, "planner": "fp32", "train": expected}
+    assert res["precision"] == {"native_bf16_cpu": native, "planner": "fp32", "train": expected}  # default fp32
     assert (tmp_path / "checkpoint" / "model.safetensors").is_file()
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
     assert saved["model"]["context"] == context  # the planner decodes in the context it trained in

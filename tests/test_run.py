@@ -1,6 +1,5 @@
 """experiments/run.py end to end (subprocess), Hydra composition of every config group, recording."""
 
-import contextlib
 import json
 import signal
 import subprocess
