@@ -99,7 +99,7 @@ def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=N
         except StopIteration as end:
             row = end.value
             break
-        if recorder is not None and step.next_obs is not None:  # the frame each skill started from
+        if recorder is not None:  # the frame each step (a skill, or a refusal) started from
             frames.append(step.obs)
     if recorder is not None:
         recorder.append(_to_record(frames, row))

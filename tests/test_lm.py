@@ -323,3 +323,17 @@ def test_episode_context_planner_extends_the_training_sentence(env, monkeypatch)
             torch.testing.assert_close(mine.keys, ref.keys[:, :, :n], atol=1e-5, rtol=1e-5)
         longest = max(longest, len(row.plan))
     assert longest >= 2  # the cache was extended across steps at least once
+
+
+def test_a_refused_instruction_is_recorded_as_one_refuse_step(env, tiny):
+    """A refusal at the first step still records a well-formed episode: one frame, action "refuse"."""
+    from embodied_lm.evaluate import run_episode
+    from embodied_lm.lm_planner import EmbodiedLMPlanner
+    from sim.tasks import EpisodeSpec
+
+    spec = EpisodeSpec("p1_grasp", {"target": "red"}, 3, 5, "Pick up the white block.")
+    recorded = []  # a recorder is anything with append(episode)
+    row = run_episode(env, EmbodiedLMPlanner(model=tiny, precision="fp32"), spec, recorder=recorded)
+    assert row.plan == ["refuse"] and not row.success and row.messages[0].startswith("refused:")
+    (episode,) = recorded
+    assert list(episode.data["action"]) == ["refuse"] and episode.data["objects"].shape[0] == 1
