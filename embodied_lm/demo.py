@@ -262,9 +262,10 @@ def build_page(demo: Demo):
 
     families = sorted(FAMILIES)
     with gr.Blocks(title="embodied_lm demo") as page:
-        gr.Markdown(f"## embodied_lm: watch it and talk to it\nPlanner: **{demo.planner_name}**. Success is "
-                    "the scene's task (family and params) at the end, whatever the instruction says; "
-                    "the oracle acts on that task, not on the typed text.")
+        acts_on = ("it reads the typed instruction" if demo.planner_name == "embodied_lm"
+                   else f"the {demo.planner_name} planner ignores the typed text")
+        gr.Markdown(f"## embodied_lm: watch it and talk to it\nPlanner: **{demo.planner_name}** ({acts_on}). "
+                    "Success is the scene's task (family and params) at the end, whatever the instruction says.")
         with gr.Tab("Live"):
             with gr.Row():
                 with gr.Column(scale=1):
@@ -274,7 +275,8 @@ def build_page(demo: Demo):
                         n_objects = gr.Number(value=4, precision=0, label="Objects", elem_id="n_objects")
                     with gr.Row():
                         level = gr.Dropdown(list(LEVELS), value="L1", label="Level", elem_id="level")
-                        refer = gr.Dropdown(list(REFERS), value="entity", label="Refer to objects by")
+                        refer = gr.Dropdown(list(REFERS), value="entity", label="Refer to objects by",
+                                            elem_id="refer")
                     spec_line = gr.Textbox(label="…or an episode-spec JSON line (used when given)", lines=2,
                                            elem_id="spec_line")
                     show = gr.Button("Show scene", elem_id="show")
