@@ -25,6 +25,8 @@ TAMP_FAMILIES = ["q1_color", "q2_on_table", "q3_on_object", "q4_feasible", "p1_g
 LORA_ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 MODES = ("frozen", "lora", "full")  # frozen: encoder + projector train | lora: + LoRA adapters | full: all
 PROJECTORS = ("linear", "mlp")
+TRANSITIONS = ("success", "change")  # questions about a transition (embodied_lm.transitions)
+NO_FAULTS = {"slip": 0.0, "drop": 0.0, "topple": 0.0}  # sim.faults.FAULTS, each off
 CONTEXTS = ("step", "episode")  # what one training sentence holds: one step, or a whole episode (embodied_lm.data)
 PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast where the CPU/GPU has native bf16
 
@@ -32,6 +34,15 @@ PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast where the CPU/GPU 
 def check_choice(key: str, value: Any, choices: tuple | list) -> None:
     if value not in choices:
         raise ConfigError(f"{key} must be one of {list(choices)}, got {value!r}")
+
+
+def check_faults_config(key: str, faults: dict) -> None:
+    from sim.faults import check_faults
+
+    try:
+        check_faults(dict(faults), key)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
 
 
 def check_families(key: str, families: list[str] | dict, allow_empty: bool = True) -> None:
@@ -85,6 +96,10 @@ class EvalConfig:
     split: str = "test"  # seeds from the test range (disjoint from train)
     refer: str | None = None  # entity | color | mixed for every level; None = L3 alternates, others entity
     progress: bool = True
+    faults: dict[str, float] = field(default_factory=lambda: dict(NO_FAULTS))  # sim.faults in eval episodes (sim)
+    # a model trained on transition questions: oracle episodes per family x level (test seeds, with
+    # eval.faults or else collect.faults) whose skill steps it is asked about (results.json "transitions")
+    transition_episodes: int = 10
 
     def __post_init__(self) -> None:
         from sim.tasks import LEVELS, SEED_SPLITS, STYLES
@@ -98,6 +113,9 @@ class EvalConfig:
         check_choice("eval.split", self.split, list(SEED_SPLITS))
         if self.refer is not None:
             check_choice("eval.refer", self.refer, STYLES)
+        check_faults_config("eval.faults", self.faults)
+        if self.transition_episodes < 0:
+            raise ConfigError(f"eval.transition_episodes must be >= 0, got {self.transition_episodes}")
 
 
 @dataclass
@@ -127,10 +145,14 @@ class CollectConfig:
     levels: list[str] = field(default_factory=lambda: ["L1"])
     images: bool | None = None  # record camera images; None = only when the sensors need them (not `state`)
     refer: str = "mixed"  # how instructions name objects: entity (obj_k) | color ("the red block") | mixed
+    # deliberate skill failures while collecting (sim.faults: slip | drop | topple -> probability per call):
+    # the negatives success detection (train.transitions) learns from; the oracle recovers from them
+    faults: dict[str, float] = field(default_factory=lambda: dict(NO_FAULTS))
 
     def __post_init__(self) -> None:
         from sim.tasks import STYLES
 
+        check_faults_config("collect.faults", self.faults)
         check_families("collect.families", self.families, allow_empty=False)
         check_choice("collect.refer", self.refer, STYLES)
         if self.episodes < 1:
@@ -153,6 +175,8 @@ class TrainConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
     relation_steps: int = 150  # encoder-only steps on the relation loss first (sensors with relation_loss > 0)
     context: str = "step"  # one of CONTEXTS; the planner decodes in the context its checkpoint trained in
+    # transition questions trained beside the plans (embodied_lm.transitions): success | change
+    transitions: list[str] = field(default_factory=list)
     balance: str = "family"  # family: task families equally likely per batch | step: every example
     # balance=family: relative odds of each family in a batch (1 for a family not named)
     family_weights: dict[str, float] = field(default_factory=lambda: {"p2_stack": 3.0, "q2_on_table": 2.0})
@@ -173,6 +197,10 @@ class TrainConfig:
         check_choice("train.precision", self.precision, PRECISIONS)
         check_choice("train.balance", self.balance, ("family", "step"))
         check_choice("train.context", self.context, CONTEXTS)
+        for q in self.transitions:
+            check_choice("train.transitions[]", q, TRANSITIONS)
+        if self.transitions and self.context != "step":
+            raise ConfigError("train.transitions need train.context=step")
         check_choice("train.backend", self.backend, ("local", "ray"))
         for k in ("steps", "batch_size", "micro_batches", "checkpoint_every", "lora_r", "num_workers"):
             if getattr(self, k) < 1:
@@ -181,7 +209,8 @@ class TrainConfig:
             raise ConfigError("train.relation_steps and train.warmup must be >= 0")
         if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
             raise ConfigError("train.lr and train.sensor_lr must be in (0, 1)")
-        check_families("train.family_weights", self.family_weights)
+        unknown = [f for f in self.family_weights if f not in TRANSITIONS]
+        check_families("train.family_weights", unknown)  # a transition question is weighted like a family
         for fam, w in self.family_weights.items():
             if not isinstance(w, (int, float)) or isinstance(w, bool) or w <= 0:
                 raise ConfigError(f"train.family_weights.{fam} must be a positive number, got {w!r}")
@@ -210,9 +239,13 @@ class RayConfig:
 class DecodeConfig:
     constrained: bool = True  # grammar-constrained decoding of every step
     precision: str = "fp32"  # the planner's: one of PRECISIONS (auto = bf16 where native: faster, less measured)
+    # ask the model after each skill whether it worked, and replan a step judged failed: on | off | auto
+    # (auto: on a robot, embodiment=ros, whose skills report no truthful verdict, if the model learned it)
+    detect: str = "auto"
 
     def __post_init__(self) -> None:
         check_choice("decode.precision", self.precision, PRECISIONS)
+        check_choice("decode.detect", self.detect, ("auto", "on", "off"))
 
 
 @dataclass
@@ -271,7 +304,8 @@ class RunConfig:
         return ModelConfig(backbone=self.backbone.name, sensors=self.sensors.name,
                            encoder=dict(self.sensors.encoder), projector=t.projector, mode=t.mode,
                            lora_r=t.lora_r, lora_targets=list(t.lora_targets),
-                           relation_loss=self.sensors.relation_loss, context=t.context)
+                           relation_loss=self.sensors.relation_loss, context=t.context,
+                           transitions=list(t.transitions))
 
 
 def register_configs() -> None:

@@ -121,7 +121,9 @@ def encoder_keys(reader, encoder, path) -> set[str]:
 def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None,
                         context: str = "step") -> list[Example]:
     """Every step of every successful episode in the store (optionally only some families): one
-    example per step (``context="step"``) or per episode (``"episode"``)."""
+    example per step (``context="step"``) or per episode (``"episode"``).  "Done so far" lists the
+    steps that worked: after a failed skill (``collect.faults``) the demonstration's retry is decided
+    from a history without it, as the planner's is once it judges the step failed (``decode.detect``)."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)
@@ -131,6 +133,7 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
     used = encoder_keys(reader, encoder, path)
     columns = {k: reader.column(k) for k in sorted(used | {"objects"})}  # one read per needed key
     objects = columns["objects"]
+    ok = reader.column("skill_success")
     ends = reader.episode_ends
     starts = np.concatenate([[0], ends[:-1]])
     out: list[Example] = []
@@ -140,12 +143,15 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
             continue
         plan = meta["plan"].split("\n")
         steps = []
+        done: list[str] = []  # the steps that worked: a failed one (sim.faults) is retried, not history
         for t, g in enumerate(range(int(starts[i]), int(ends[i]))):
             obs = {k: col[g] for k, col in columns.items()}
             if context == "episode":
                 prompt = episode_prompt(meta["instruction"], t, encoder.kind, objects[g])
             else:
-                prompt = prompt_text(meta["instruction"], plan[:t], encoder.kind, objects[g])
+                prompt = prompt_text(meta["instruction"], done, encoder.kind, objects[g])
+            if ok[g]:
+                done.append(plan[t])
             sent = build_sentence(tok, prompt, plan[t], kind=encoder.kind, n_slots=encoder.num_slots,
                                   per_object=encoder.slots_per_object)
             steps.append(Example(sent, encoder.preprocess(obs, cameras), meta["task"]))

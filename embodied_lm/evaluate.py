@@ -55,7 +55,7 @@ def episode_steps(env: Embodiment, planner: Planner,
     t0 = time.perf_counter()
     obs, info = env.reset(options={"spec": spec})
     planner.reset(env, obs, info)
-    plan, oks, msgs = [], [], []
+    plan, oks, msgs, fault_log = [], [], [], []
     planner_s, ended, physics = 0.0, False, 0
     refused = False
     while True:
@@ -75,6 +75,7 @@ def episode_steps(env: Embodiment, planner: Planner,
         plan.append(action)
         oks.append(bool(info["skill_success"]))
         msgs.append(info["message"])
+        fault_log.append(info.get("fault"))
         physics += int(info.get("physics_steps", 0))
         yield EpisodeStep(prev, action, oks[-1], msgs[-1], info, obs)
         if terminated or truncated:
@@ -84,9 +85,12 @@ def episode_steps(env: Embodiment, planner: Planner,
     plan_ok = ended and all(oks)
     if FAMILIES[spec.task].kind == "question":
         plan_ok = plan_ok and success
+    extra = planner.episode_extra() if hasattr(planner, "episode_extra") else {}
+    faults = [f"{a}: {i}" for a, i in zip(plan, fault_log) if i]
+    extra |= {"faults": faults} if faults else {}
     return EpisodeRow(spec.to_dict(), info["instruction"], plan, oks, msgs, success, plan_ok, len(plan),
                       round(float(info["sim_time"]), 3), 1000 * planner_s / max(len(plan), 1),
-                      time.perf_counter() - t0, physics)
+                      time.perf_counter() - t0, physics, extra)
 
 
 def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:

@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from embodied_lm.config import DecodeConfig
+from embodied_lm.config import ConfigError, DecodeConfig
 from embodied_lm.data import episode_prompt, present_slots, prompt_text
 from embodied_lm.decode import Trie, greedy, greedy_in_context, score_candidates
 from embodied_lm.model import autocast
@@ -35,16 +35,19 @@ class EmbodiedLMPlanner:
     answer as training tokenized it (" <step></s>") enters the cache before the next step's text."""
 
     def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0,
-                 precision: str = DecodeConfig.precision):
+                 precision: str = DecodeConfig.precision, detect: bool = False):
         if model is None:  # Ray workers get a checkpoint path, not a pickled model
             from embodied_lm.train import load_trained
 
             model = load_trained(checkpoint, seed=seed)
+        if detect and "success" not in model.cfg.transitions:
+            raise ConfigError("decode.detect=on needs a model trained with train.transitions=[success]")
         self.model = model.eval()
         model.merge_lora()
         self.constrained = constrained
         self.precision = precision  # fp32, or bf16 autocast (embodied_lm.model.autocast)
         self.needs_images = model.cfg.sensors != "state"
+        self.detect = detect  # judge each skill from the observations before and after it
         self._tries: dict[tuple, Trie] = {}
 
     @classmethod
@@ -54,9 +57,11 @@ class EmbodiedLMPlanner:
 
         decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision}
         if cfg.ray.enabled:
-            sensors = read_checkpoint_config(checkpoint)["model"]["sensors"]
-            return {"checkpoint": checkpoint, **decode}, sensors != "state"
+            model_cfg = read_checkpoint_config(checkpoint)["model"]
+            decode["detect"] = _detect(cfg, model_cfg.get("transitions", []))
+            return {"checkpoint": checkpoint, **decode}, model_cfg["sensors"] != "state"
         model = model if model is not None else load_trained(checkpoint, seed=cfg.seed)
+        decode["detect"] = _detect(cfg, model.cfg.transitions)
         return {"model": model, **decode}, model.cfg.sensors != "state"
 
     def reset(self, env, obs, info) -> None:
@@ -65,10 +70,33 @@ class EmbodiedLMPlanner:
         self.env, self.history = env, []
         self.cameras = _cameras(env) if self.needs_images else {}
         self.cache, self.unfed = DynamicCache(), []  # episode context: the sentence so far; ids not yet in it
+        self.last: tuple[str, dict] | None = None  # (the previous call, the observation it started from)
+        self.judged_failed: list[str] = []
+        if self.detect:
+            from embodied_lm.transitions import TransitionJudge
+
+            self.judge = TransitionJudge(self.model, self.cameras, self.precision)
+
+    def episode_extra(self) -> dict[str, Any]:
+        """What the episode's row records beside the plan: the steps judged failed and replanned."""
+        return {"judged_failed": list(self.judged_failed)} if self.detect else {}
+
+    def _judge_last(self, obs) -> None:
+        """A skill judged failed leaves "Done so far": the next decision replans it from what is seen."""
+        from embodied_lm.transitions import SKILL_VERBS
+
+        if self.last is None or self.last[0].split(" ")[0] not in SKILL_VERBS:
+            return
+        call, before = self.last
+        if not self.judge.succeeded(call, before, obs):
+            self.judged_failed.append(call)
+            self.history.pop()
 
     @torch.no_grad()
     def act(self, obs, info) -> str:
         m = self.model
+        if self.detect:
+            self._judge_last(obs)
         names, kinds = _scene_objects(obs["objects"])
         episode = m.cfg.context == "episode"
         if episode:
@@ -97,6 +125,7 @@ class EmbodiedLMPlanner:
                 text, fed = greedy_in_context(m, embeds, m.tok, trie, self.cache)
                 self.unfed = self._answer_ids(text, fed, before)
         self.history.append(text)
+        self.last = (text, obs)
         return text
 
     def _answer_ids(self, text: str, fed: list[int], start: int) -> list[int]:
@@ -110,6 +139,16 @@ class EmbodiedLMPlanner:
         if extra > 0:  # crop(-n) drops the last n positions (transformers 5)
             self.cache.crop(-extra)
         return want[keep:]
+
+
+def _detect(cfg, transitions: list[str]) -> bool:
+    """``decode.detect`` resolved: auto = on a robot (its skills' verdicts are not the sim's truth) when
+    the model learned success detection."""
+    if cfg.decode.detect == "auto":
+        return cfg.embodiment.get("kind", "sim") == "ros" and "success" in transitions
+    if cfg.decode.detect == "on" and "success" not in transitions:
+        raise ConfigError("decode.detect=on needs a model trained with train.transitions=[success]")
+    return cfg.decode.detect == "on"
 
 
 def describe_scene(objects: np.ndarray) -> str:

@@ -23,6 +23,7 @@ from embodied_lm.config import (
     MODES,
     PRECISIONS,
     PROJECTORS,
+    TRANSITIONS,
     BackboneConfig,
     ConfigError,
     SensorsConfig,
@@ -69,10 +70,13 @@ class ModelConfig:
     lora_targets: list[str] = field(default_factory=lambda: list(LORA_ALL_LINEAR))
     relation_loss: float = SensorsConfig.relation_loss  # fact-word anchor loss weight (sensors/relations.py)
     context: str = TrainConfig.context  # what a sentence holds (embodied_lm.data): the planner decodes likewise
+    transitions: list[str] = field(default_factory=list)  # transition questions it learned (TRANSITIONS)
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
         check_choice("context", self.context, CONTEXTS)
+        for q in self.transitions:
+            check_choice("transitions[]", q, TRANSITIONS)
         check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
             raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")

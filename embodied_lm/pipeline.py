@@ -23,34 +23,36 @@ from sim.tasks import EpisodeSpec, generate_specs, load_specs
 from sim.world import World, WorldConfig
 
 
-def make_env_config(cfg: RunConfig, observe_images: bool) -> EnvConfig:
+def make_env_config(cfg: RunConfig, observe_images: bool, faults: dict | None = None) -> EnvConfig:
     w = cfg.task.world
     world = WorldConfig(image_size=tuple(w.image_size), cameras=tuple(w.cameras), renderer=w.renderer)
     return EnvConfig(families=tuple(cfg.task.families) or None, world=world, skills=dict(cfg.task.skills),
-                     observe_images=observe_images)
+                     observe_images=observe_images, faults=dict(faults or {}))
 
 
-def make_env(cfg: RunConfig, observe_images: bool):
-    """The Embodiment to evaluate on: the sim, or a robot over ROS (``embodiment=ros``)."""
+def make_env(cfg: RunConfig, observe_images: bool, faults: dict | None = None):
+    """The Embodiment to evaluate on: the sim (with ``faults``, sim.faults), or a robot over ROS
+    (``embodiment=ros``; its faults are its own)."""
     if cfg.embodiment.get("kind", "sim") == "ros":
         from embodied_lm.ros import RosConfig, RosEmbodiment
 
         return RosEmbodiment(RosConfig.from_dict(cfg.embodiment))
-    return TabletopEnv(make_env_config(cfg, observe_images))
+    return TabletopEnv(make_env_config(cfg, observe_images, faults))
 
 
-def rollouts(cfg: RunConfig, specs, planner_name: str, planner_kwargs: dict, observe_images: bool, recorder):
+def rollouts(cfg: RunConfig, specs, planner_name: str, planner_kwargs: dict, observe_images: bool, recorder,
+             faults: dict | None = None):
     """Run ``specs`` serially here, or on Ray actors (``ray.num_workers`` / ``ray.address``).
     Returns (rows in spec order, Ray stats or None)."""
     if cfg.ray.enabled:
         from embodied_lm.distributed import run_parallel
 
-        return run_parallel(specs, planner_name, planner_kwargs, make_env_config(cfg, observe_images),
+        return run_parallel(specs, planner_name, planner_kwargs, make_env_config(cfg, observe_images, faults),
                             num_workers=cfg.ray.num_workers or None, address=cfg.ray.address, recorder=recorder,
                             progress=cfg.eval.progress, max_retries=cfg.ray.max_retries,
                             num_gpus_per_worker=cfg.ray.gpus_per_worker,
                             episode_timeout_s=cfg.ray.episode_timeout_s)
-    env = make_env(cfg, observe_images)
+    env = make_env(cfg, observe_images, faults)
     try:
         return evaluate(env, make_planner(planner_name, **planner_kwargs), specs, recorder,
                         progress=cfg.eval.progress), None
@@ -86,7 +88,7 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     t0 = time.perf_counter()
     # "images": false marks blank frames (the env skips rendering), which no image encoder may train on
     with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict) | {"images": images}) as writer:
-        rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer)
+        rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer, faults=c.faults)
     ok = sum(r.success for r in rows)
     print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
     return time.perf_counter() - t0
@@ -111,6 +113,10 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
         model = EmbodiedLM(cfg.model_config(), seed=cfg.seed)
         examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families,
                                        context=model.cfg.context)
+        if t.transitions:
+            from embodied_lm import transitions
+
+            examples += transitions.examples_from_store(dataset, model, t.transitions)
         state = train(model, examples, t, checkpoint, resume=checkpoint if resume else None,
                       progress=cfg.eval.progress)
         n_examples = len(examples)
@@ -137,7 +143,8 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
             attrs = store_attrs(cfg, cfg_dict) | {"images": True}  # a recording renders every camera
             recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=attrs))
         t0 = time.perf_counter()
-        rows, ray_stats = rollouts(cfg, specs, name, kwargs, needs_images or bool(cfg.record), recorder)
+        rows, ray_stats = rollouts(cfg, specs, name, kwargs, needs_images or bool(cfg.record), recorder,
+                                   faults=cfg.eval.faults)
         eval_s = time.perf_counter() - t0
     n_steps = sum(r.steps for r in rows)
     timing = {"collect_s": 0.0, "train_s": 0.0, **(timing or {}), "eval_s": round(eval_s, 2),
@@ -153,6 +160,15 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
         results["precision"] = {"native_bf16_cpu": native_bf16("cpu"),
                                 "planner": resolve_precision("cpu", cfg.decode.precision),
                                 "train": resolve_precision("cpu", cfg.train.precision) if trained else None}
+        results["decode"] = {"detect": kwargs.get("detect", False)}
+        from embodied_lm.train import load_trained, read_checkpoint_config
+
+        here = kwargs.get("model", model)  # None when only Ray workers loaded it
+        learned = here.cfg.transitions if here is not None else \
+            read_checkpoint_config(checkpoint)["model"].get("transitions", [])
+        if learned and cfg.eval.transition_episodes:
+            here = here if here is not None else load_trained(checkpoint, seed=cfg.seed)
+            results["transitions"] = transition_stage(cfg, here, run_dir)
     if ray_stats is not None:
         keys = ("workers", "nodes", "retries", "retried_specs", "worker_deaths", "startup_s", "wall_s")
         results["ray"] = {k: ray_stats[k] for k in keys if k in ray_stats}
@@ -163,6 +179,27 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
     print(f"summary: {name} success {results['summary']['success_rate']:.1%} over {len(rows)} episodes "
           f"in {eval_s:.0f} s" + (f"; recorded to {cfg.record}" if cfg.record else "") + retries)
     return path
+
+
+def transition_stage(cfg: RunConfig, model, run_dir: Path) -> dict[str, Any]:
+    """Success detection and "what changed" on the skill steps of oracle episodes on test seeds (with
+    ``eval.faults``, else ``collect.faults``): metrics for results.json, rows to transitions.jsonl."""
+    from embodied_lm.transitions import evaluate_transitions, row_dict
+
+    faults = cfg.eval.faults if any(cfg.eval.faults.values()) else cfg.collect.faults
+    levels = [lv for lv in cfg.eval.levels if lv in ("L1", "L2")] or ["L1"]
+    specs = generate_specs(cfg.collect.families, levels, cfg.eval.transition_episodes, cfg.seed, "test")
+    env = TabletopEnv(make_env_config(cfg, model.cfg.sensors != "state", faults))
+    try:
+        metrics, rows = evaluate_transitions(model, env, specs, model.cfg.transitions, cfg.decode.precision,
+                                             progress=cfg.eval.progress)
+    finally:
+        env.close()
+    with open(run_dir / "transitions.jsonl", "w") as f:
+        f.writelines(json.dumps(row_dict(r)) + "\n" for r in rows)
+    metrics["faults"] = dict(faults)
+    print(f"transitions: {json.dumps(metrics)}")
+    return metrics
 
 
 def _dataset(cfg: RunConfig, run_dir: Path, must_exist: bool = False) -> Path:

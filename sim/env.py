@@ -20,9 +20,10 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sim.faults import Fault, check_faults, draw_fault
 from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS, EpisodeSpec, TaskEpisode, build_episode
 from sim.world import World, WorldConfig
-from skills import Answer, Done, Pick, Place, Push, SkillCall, SkillLibrary, parse
+from skills import Answer, Done, Pick, Place, Push, SkillCall, SkillLibrary, SkillParseError, parse
 from skills.vocab import MAX_OBJECTS, OBJECT_FEATURES, all_calls
 
 CHARSET = string.ascii_letters + string.digits + " .,?!:;_-'()"
@@ -46,6 +47,7 @@ class EnvConfig:
     skills: dict[str, str] = field(default_factory=dict)  # verb -> implementation ("scripted", ...)
     observe_images: bool = True  # False: image keys hold zeros (state-only planners skip rendering)
     split: str = "train"  # seed range used when reset() samples an episode itself
+    faults: dict[str, float] = field(default_factory=dict)  # sim.faults: fault -> probability per skill call
 
     def __post_init__(self) -> None:
         if self.families is not None:
@@ -57,6 +59,7 @@ class EnvConfig:
             raise ValueError(f"levels must be a non-empty subset of {LEVELS}, got {self.levels}")
         if self.split not in SEED_SPLITS:
             raise ValueError(f"split must be one of {list(SEED_SPLITS)}, got {self.split!r}")
+        check_faults(self.faults)
 
 
 class TabletopEnv(gym.Env):
@@ -94,6 +97,7 @@ class TabletopEnv(gym.Env):
         elif isinstance(spec, dict):
             spec = EpisodeSpec.from_dict(spec)
         self.episode = build_episode(self.world, spec)
+        self._fault_rng = np.random.default_rng([spec.seed, 0xFA17])  # faults replay with their episode
         self.steps = 0
         self.answer: str | None = None
         return self._observe(), self._info()
@@ -102,7 +106,12 @@ class TabletopEnv(gym.Env):
         if self.episode is None:
             raise RuntimeError("call reset() before step()")
         steps0 = self.world.steps
-        result = self.skills.run(action, self.world.robot)
+        fault = self._draw_fault(action)
+        self.world.robot.fault = fault
+        try:
+            result = self.skills.run(action, self.world.robot)
+        finally:
+            self.world.robot.fault = None
         self.steps += 1
         call = result.call
         terminated = isinstance(call, (Answer, Done))
@@ -113,7 +122,8 @@ class TabletopEnv(gym.Env):
         reward = 1.0 if terminated and success else 0.0
         info = self._info() | {"skill_success": result.success, "message": result.message,
                                "skill_time": result.sim_time, "success": success,
-                               "physics_steps": self.world.steps - steps0}
+                               "physics_steps": self.world.steps - steps0,
+                               "fault": fault.kind if fault is not None else None}
         return self._observe(), reward, terminated, truncated, info
 
     def render(self):
@@ -153,6 +163,16 @@ class TabletopEnv(gym.Env):
         return [str(c) for c in sorted(ok, key=lambda c: _historical_rank(c, names))]
 
     # -- internals ---------------------------------------------------------------------------------
+    def _draw_fault(self, action: str) -> Fault | None:
+        """A deliberate failure for this call (``config.faults``), drawn only for a call it applies to."""
+        if not any(self.config.faults.values()):
+            return None
+        try:
+            verb = type(parse(action)).__name__.lower()
+        except SkillParseError:
+            return None
+        return draw_fault(self.config.faults, verb, self._fault_rng)
+
     def _sample_spec(self) -> EpisodeSpec:
         rng = self.np_random
         fams = list(self.config.families or FAMILIES)

@@ -43,6 +43,7 @@ class PandaRobot:
         self._finger_target = 0.04
         self._arm_target = list(HOME)
         self._grasp: tuple[str, int] | None = None  # (object name, constraint id)
+        self.fault = None  # sim.faults.Fault for the skill call running now (the env sets it)
         self._apply()
 
     # -- protocol -----------------------------------------------------------------------------

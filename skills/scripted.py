@@ -35,6 +35,12 @@ def _clear(robot: Robot, name: str) -> None:
         raise SkillImpossible(f"{name} has {', '.join(above)} on it")
 
 
+def _fault(robot: Robot) -> str | None:
+    """The fault injected into this call (``sim.faults``; a robot without the attribute has none)."""
+    fault = getattr(robot, "fault", None)
+    return fault.kind if fault is not None else None
+
+
 def _travel(robot: Robot, xy: np.ndarray, yaw: float) -> bool:
     """Lift, cross over at travel height, arrive above ``xy``."""
     here = robot.ee_position()
@@ -60,6 +66,10 @@ class ScriptedPick:
         grasp_z = obj.position[2] + obj.height / 2 - 0.015  # fingertips 1.5 cm below the top face
         robot.move_ee(np.array([*obj.position[:2], grasp_z]), yaw, speed=0.25)
         robot.grasp(call.obj)
+        if _fault(robot) == "slip":  # the grasp slips as the arm lifts: the block falls back
+            robot.move_ee(np.array([*obj.position[:2], grasp_z + 0.03]), yaw)
+            robot.release()
+            robot.settle(0.3)
         robot.move_ee(np.array([*obj.position[:2], TRAVEL_Z]), yaw)
         return robot.held() == call.obj
 
@@ -112,6 +122,14 @@ class ScriptedPlace:
         ee = robot.ee_position()
         offset = ee - held.position  # block hangs at a fixed offset from the fingertips
         yaw = _wrap90(robot.ee_yaw() + _wrap90(goal_yaw - held.yaw))  # turn the block to match
+        fault = getattr(robot, "fault", None)
+        if _fault(robot) == "drop":  # the block drops halfway there and lands where it falls
+            _travel(robot, (ee[:2] + goal[:2] + offset[:2]) / 2, yaw)
+            robot.release()
+            robot.settle(0.5)
+            return call.target is not None and scene.support_of(call.obj, robot.objects()) == call.target
+        if _fault(robot) == "topple" and call.target is not None:  # set down off-centre: it falls off
+            goal = np.array([*(goal[:2] + fault.offset()), goal[2]])
         _travel(robot, goal[:2] + offset[:2], yaw)
         robot.move_ee(goal + offset, yaw, speed=0.2)
         robot.release()

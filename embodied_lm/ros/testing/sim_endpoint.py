@@ -10,6 +10,10 @@ while the e-stop is engaged.  Privileged services a real robot does not have: th
 episode spec; the reply carries the instruction, step limit and a question's possible answers) and the
 oracle service; results also carry the task's success predicate.
 
+Faults (``EnvConfig.faults``, ``--fault drop=0.3``): the sim's deliberate skill failures; the result of
+a faulted skill reports success, as a robot whose gripper cannot sense a dropped block would
+(``silent_faults``) -- the planner has to see it (``decode.detect``).
+
 Objects in a command are named by the bridge (from its own perception); the endpoint resolves each
 one by the pose the bridge sent (nearest sim object), as a real robot would act on poses.
 
@@ -46,6 +50,7 @@ class EndpointStats:
     commands: list[dict[str, Any]] = field(default_factory=list)  # every well-formed command received
     results: list[dict[str, Any]] = field(default_factory=list)
     resets: int = 0
+    faults: list[dict[str, Any]] = field(default_factory=list)  # every injected fault (reported as success)
 
 
 class SimRobotEndpoint:
@@ -57,7 +62,7 @@ class SimRobotEndpoint:
 
     def __init__(self, env_config: Any = None, *, host: str = "127.0.0.1", port: int = 0,
                  topics: RosConfig | None = None, ros_version: int = 2, command_delay_s: float = 0.0,
-                 match_tolerance: float = 0.05, max_command_age_s: float = 5.0):
+                 match_tolerance: float = 0.05, max_command_age_s: float = 5.0, silent_faults: bool = True):
         if ros_version not in (1, 2):
             raise ValueError(f"ros_version must be 1 or 2, got {ros_version}")
         self.env_config = env_config
@@ -66,6 +71,7 @@ class SimRobotEndpoint:
         self.command_delay_s = float(command_delay_s)
         self.match_tolerance = float(match_tolerance)
         self.max_command_age_s = float(max_command_age_s)
+        self.silent_faults = silent_faults
         self.server = RosbridgeServer(host, port)
         self.stats = EndpointStats()
         self._worker = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="sim-robot")
@@ -258,6 +264,10 @@ class SimRobotEndpoint:
                 obs = self._sense()
             else:
                 obs, _, term, trunc, info = self.env.step(text)
+                if info.get("fault") and self.silent_faults:  # the robot finished its motion; it cannot tell
+                    self.stats.faults.append({"skill": text, "fault": info["fault"],
+                                              "sim_success": info["skill_success"]})
+                    info |= {"skill_success": True, "message": "ok"}
                 result |= {"success": bool(info["skill_success"]), "message": info["message"],
                            "task_success": bool(info["success"]), "terminated": bool(term),
                            "truncated": bool(trunc), "sim_call": text,
@@ -278,14 +288,26 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--ros-version", type=int, default=2, choices=(1, 2), help="header stamp spelling")
     ap.add_argument("--command-delay", type=float, default=0.0, help="extra seconds per command (a slow robot)")
     ap.add_argument("--image-size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    ap.add_argument("--fault", action="append", default=[], metavar="KIND=P",
+                    help="inject a sim.faults fault (slip | drop | topple) into a share P of skill calls; "
+                         "reported as success (repeatable)")
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    env_cfg = None
-    if args.image_size:
-        from sim.env import EnvConfig
-        from sim.world import WorldConfig
+    from sim.env import EnvConfig
+    from sim.world import WorldConfig
 
-        env_cfg = EnvConfig(world=WorldConfig(image_size=tuple(args.image_size)))
+    faults = {}
+    for item in args.fault:
+        kind, _, p = item.partition("=")
+        try:
+            faults[kind] = float(p)
+        except ValueError:
+            ap.error(f"--fault {item!r}: expected KIND=P, e.g. drop=0.3")
+    try:
+        world = WorldConfig(image_size=tuple(args.image_size)) if args.image_size else WorldConfig()
+        env_cfg = EnvConfig(world=world, faults=faults)
+    except ValueError as e:
+        ap.error(str(e))
     ep = SimRobotEndpoint(env_cfg, host=args.host, port=args.port, ros_version=args.ros_version,
                           command_delay_s=args.command_delay)
     ep.start()

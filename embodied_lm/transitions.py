@@ -1,0 +1,257 @@
+"""Questions about a transition, over two observations in one sentence (PaLM-E Table 4, Kosmos-1):
+
+``success`` -- "Before: Scene: ... After: Scene: ... Q: Was pick obj_3 <obj_3> successful? A:" yes | no
+``change``  -- "Before: Scene: ... After: Scene: ... Q: What changed? A:" "obj_3 is now on obj_1"
+
+The labels are the simulator's: a skill's own verdict (``skill_success``, truthful in the sim, including
+the deliberate failures of ``sim.faults``) and the support relations of the two ``objects`` arrays.  The
+planner asks ``success`` after each skill where no oracle says how it went (``decode.detect``): a step
+judged failed leaves the plan so far and the next decision replans it from what is observed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+
+from embodied_lm.config import TRANSITIONS
+from embodied_lm.data import Example, cameras_from_attrs, encoder_keys, present_slots, scene_text
+from embodied_lm.sentence import Sentence, join
+from skills.vocab import KINDS, Col
+
+SKILL_VERBS = ("pick", "place", "push")  # calls whose outcome is a question (answers and done are not)
+MOVED = 0.03  # m: a block on the table that moved this far "moved"
+
+
+def change_text(before: np.ndarray, after: np.ndarray) -> str:
+    """What changed between two ``objects`` arrays (16, 12), from their support relations:
+    "obj_3 is now on obj_1" / "... in obj_5" / "... on the table" / "... held", "obj_2 moved" (on the
+    table, >= 3 cm), joined by " and " in slot order; "nothing changed" when none."""
+    parts = []
+    for k in sorted(set(present_slots(before)) | set(present_slots(after))):
+        sb, sa = int(before[k - 1, Col.SUPPORT]), int(after[k - 1, Col.SUPPORT])
+        if sb != sa:
+            if sa < 0:
+                where = "held"
+            elif sa == 0:
+                where = "on the table"
+            else:
+                where = f"{'in' if KINDS[int(after[sa - 1, Col.KIND])] == 'bowl' else 'on'} obj_{sa}"
+            parts.append(f"obj_{k} is now {where}")
+        elif sa == 0 and np.linalg.norm(after[k - 1, Col.XYZ][:2] - before[k - 1, Col.XYZ][:2]) >= MOVED:
+            parts.append(f"obj_{k} moved")
+    return " and ".join(parts) or "nothing changed"
+
+
+def question(which: str, call: str) -> str:
+    """The question text (``call``: the skill call that ran between the observations)."""
+    if which == "success":
+        return f"Was {call} successful?"
+    if which == "change":
+        return "What changed?"
+    raise ValueError(f"unknown transition question {which!r}; known: {', '.join(TRANSITIONS)}")
+
+
+def transition_sentence(model_or_sentence, which: str, call: str, before: np.ndarray, after: np.ndarray,
+                        kind: str, answer: str | None = None) -> Sentence:
+    """One sentence over two observations: the before part's slots index observation 0, the after
+    part's observation 1 (``join``).  Mentions in the question carry the *after* observation's token.
+    ``model_or_sentence``: anything with ``sentence(prompt, answer)`` (an EmbodiedLM)."""
+    mention = call
+    if kind == "objects":
+        on = set(present_slots(after))
+        mention = " ".join(f"{w} <{w}>" if w.startswith("obj_") and int(w[4:]) in on else w for w in call.split())
+    first = model_or_sentence.sentence(f"Before: {scene_text(kind, before)}", None)
+    second = model_or_sentence.sentence(
+        f"\nAfter: {scene_text(kind, after)}\nQ: {question(which, mention)}\nA:", answer)
+    return join([first, second])
+
+
+def holds(call: str, after: np.ndarray) -> bool | None:
+    """Whether ``after`` shows what ``call`` was for (pick: held; place: on / in its target, or on the
+    table); None for a call whose outcome the relations do not show (push)."""
+    w = call.split(" ")
+    slot = int(w[1][4:])
+    if w[0] == "pick":
+        return int(after[slot - 1, Col.SUPPORT]) == -1
+    if w[0] == "place":
+        want = 0 if w[-1] == "table" else int(w[-1][4:])
+        return int(after[slot - 1, Col.SUPPORT]) == want
+    return None
+
+
+def counterfactual(call: str, after: np.ndarray, rng: np.random.Generator) -> str | None:
+    """The call with its last object swapped for another present object (another block picked, another
+    target placed on): a question whose answer is usually "no" although the scene changed -- so a
+    detector must read which call it is asked about, not only whether something happened."""
+    w = call.split(" ")
+    if w[0] not in ("pick", "place"):
+        return None
+    last = len(w) - 1 if w[0] == "place" and w[-1] != "table" else 1
+    others = [f"obj_{k}" for k in present_slots(after) if f"obj_{k}" not in (w[1], w[last])
+              and KINDS[int(after[k - 1, Col.KIND])] == "block"]
+    if not others:
+        return None
+    w[last] = others[int(rng.integers(len(others)))]
+    return " ".join(w)
+
+
+def label(which: str, ok: bool, before: np.ndarray, after: np.ndarray) -> str:
+    return ("yes" if ok else "no") if which == "success" else change_text(before, after)
+
+
+def examples_from_store(path, model, which: Sequence[str]) -> list[Example]:
+    """Every skill step of every episode (failed ones too: they hold the negatives) that has a next
+    frame: one example per question in ``which``, task = the question's name (the batch sampler's
+    family)."""
+    from embodied_lm.datasets import ReplayReader
+
+    reader = ReplayReader(path)
+    if reader.n_episodes == 0 or not which:
+        return []
+    enc = model.encoder
+    cameras = cameras_from_attrs(reader.attrs)
+    used = encoder_keys(reader, enc, path)
+    columns = {k: reader.column(k) for k in sorted(used | {"objects", "action", "skill_success"})}
+    objects, actions, oks = columns["objects"], columns["action"], columns["skill_success"]
+    ends = reader.episode_ends
+    starts = np.concatenate([[0], ends[:-1]])
+    out: list[Example] = []
+    rng = np.random.default_rng(0)
+    for s, e in zip(starts, ends):
+        for g in range(int(s), int(e) - 1):
+            call = str(actions[g])
+            if call.split(" ")[0] not in SKILL_VERBS:
+                continue
+            obs = [enc.preprocess({k: col[i] for k, col in columns.items()}, cameras) for i in (g, g + 1)]
+            for w in which:
+                answer = label(w, bool(oks[g]), objects[g], objects[g + 1])
+                sent = transition_sentence(model, w, call, objects[g], objects[g + 1], enc.kind, answer)
+                out.append(Example(sent, obs, w))
+            other = counterfactual(call, objects[g + 1], rng) if "success" in which else None
+            if other is not None:
+                answer = "yes" if holds(other, objects[g + 1]) else "no"
+                sent = transition_sentence(model, "success", other, objects[g], objects[g + 1], enc.kind, answer)
+                out.append(Example(sent, obs, "success"))
+    return out
+
+
+class TransitionJudge:
+    """Asks a trained model a transition question about two observations (``obs`` dicts of an env)."""
+
+    def __init__(self, model, cameras: dict | None = None, precision: str = "fp32"):
+        from embodied_lm.decode import Trie
+
+        self.model, self.cameras, self.precision = model, cameras or {}, precision
+        self._yes_no = Trie(model.tok, ["yes", "no"])
+
+    def ask(self, which: str, call: str, before: dict[str, Any], after: dict[str, Any]) -> str:
+        import torch
+
+        from embodied_lm.decode import greedy
+        from embodied_lm.model import autocast
+        from sensors import collate
+
+        m = self.model
+        sent = transition_sentence(m, which, call, before["objects"], after["objects"], m.kind)
+        sensors = collate([m.encoder.preprocess(o, self.cameras) for o in (before, after)])
+        with torch.no_grad(), autocast("cpu", self.precision):
+            embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
+            return greedy(m, embeds, m.tok, self._yes_no if which == "success" else None, max_new=32)
+
+    def succeeded(self, call: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
+        return self.ask("success", call, before, after) == "yes"
+
+
+@dataclass
+class TransitionRow:
+    spec: dict[str, Any]
+    step: int
+    call: str
+    fault: str | None
+    skill_success: bool
+    success_answer: str | None
+    change_truth: str
+    change_answer: str | None
+
+
+def collect_transitions(env, specs, on_step=None) -> list[tuple[dict, int, str, str | None, bool, dict, dict]]:
+    """Oracle episodes in ``env`` (faults on, typically): every skill step as (spec, step, call, fault,
+    the skill's verdict, obs before, obs after)."""
+    out = []
+    for spec in specs:
+        obs, info = env.reset(options={"spec": spec})
+        for t in range(info["max_steps"]):
+            call = env.oracle_action()
+            nxt, _, term, trunc, info = env.step(call)
+            if call.split(" ")[0] in SKILL_VERBS:
+                out.append((spec.to_dict(), t, call, info.get("fault"), bool(info["skill_success"]), obs, nxt))
+            obs = nxt
+            if term or trunc:
+                break
+        if on_step is not None:
+            on_step()
+    return out
+
+
+def evaluate_transitions(model, env, specs, which: Sequence[str], precision: str = "fp32",
+                         progress: bool = True) -> tuple[dict[str, Any], list[TransitionRow]]:
+    """The model's answers on every skill step of oracle episodes ``specs`` (held-out seeds, with
+    faults): success detection precision / recall / F1 with *failure* as the positive class (what a
+    detector is for), accuracy and the failed share; "what changed" exact-match accuracy."""
+    from tqdm import tqdm
+
+    from embodied_lm.lm_planner import _cameras
+
+    bar = tqdm(total=len(specs), desc="transitions: rollouts", unit="ep", disable=not progress)
+    steps = collect_transitions(env, specs, on_step=bar.update)
+    bar.close()
+    judge = TransitionJudge(model, _cameras(env) if model.cfg.sensors != "state" else {}, precision)
+    rows = []
+    for spec, t, call, fault, ok, before, after in tqdm(steps, desc="transitions: questions", unit="q",
+                                                        disable=not progress):
+        rows.append(TransitionRow(
+            spec, t, call, fault, ok,
+            judge.ask("success", call, before, after) if "success" in which else None,
+            change_text(before["objects"], after["objects"]),
+            judge.ask("change", call, before, after) if "change" in which else None))
+    return transition_metrics(rows), rows
+
+
+def transition_metrics(rows: Sequence[TransitionRow]) -> dict[str, Any]:
+    out: dict[str, Any] = {"steps": len(rows),
+                           "failed_share": round(float(np.mean([not r.skill_success for r in rows])), 4)
+                           if rows else 0.0}
+    judged = [r for r in rows if r.success_answer is not None]
+    if judged:
+        tp = sum(not r.skill_success and r.success_answer == "no" for r in judged)
+        fp = sum(r.skill_success and r.success_answer == "no" for r in judged)
+        fn = sum(not r.skill_success and r.success_answer != "no" for r in judged)
+        prec = tp / max(tp + fp, 1)
+        rec = tp / max(tp + fn, 1)
+        out["success"] = {"f1_failure": round(2 * prec * rec / max(prec + rec, 1e-9), 4),
+                          "precision": round(prec, 4), "recall": round(rec, 4),
+                          "accuracy": round(float(np.mean([(r.success_answer == "yes") == r.skill_success
+                                                           for r in judged])), 4),
+                          "by_fault": _by_fault(judged)}
+    changed = [r for r in rows if r.change_answer is not None]
+    if changed:
+        out["change"] = {"exact": round(float(np.mean([r.change_answer == r.change_truth for r in changed])), 4),
+                         "steps": len(changed)}
+    return out
+
+
+def _by_fault(rows: Sequence[TransitionRow]) -> dict[str, dict[str, float]]:
+    groups: dict[str, list[TransitionRow]] = {}
+    for r in rows:
+        groups.setdefault(r.fault or "none", []).append(r)
+    return {k: {"steps": len(v), "accuracy": round(float(np.mean([(r.success_answer == "yes") == r.skill_success
+                                                                   for r in v])), 4)}
+            for k, v in sorted(groups.items())}
+
+
+def row_dict(row: TransitionRow) -> dict[str, Any]:
+    return asdict(row)
