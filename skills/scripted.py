@@ -127,7 +127,7 @@ class ScriptedPlace:
             _travel(robot, (ee[:2] + goal[:2] + offset[:2]) / 2, yaw)
             robot.release()
             robot.settle(0.5)
-            return call.target is not None and scene.support_of(call.obj, robot.objects()) == call.target
+            return self._placed(call, robot, goal)
         if _fault(robot) == "topple" and call.target is not None:  # set down off-centre: it falls off
             goal = np.array([*(goal[:2] + fault.offset()), goal[2]])
         _travel(robot, goal[:2] + offset[:2], yaw)
@@ -135,6 +135,11 @@ class ScriptedPlace:
         robot.release()
         robot.settle(0.15)
         robot.move_ee(np.array([*robot.ee_position()[:2], TRAVEL_Z]), yaw)
+        return self._placed(call, robot, goal)
+
+    @staticmethod
+    def _placed(call: Place, robot: Robot, goal: np.ndarray) -> bool:
+        """On / in the target, or on the table within 3 cm of the spot."""
         objs = robot.objects()
         if call.target is not None:
             return scene.support_of(call.obj, objs) == call.target

@@ -1,0 +1,270 @@
+"""Deliberate skill failures (sim.faults), transition questions over two observations
+(embodied_lm.transitions), the planner's failure detection, and the ROS endpoint's silent faults."""
+
+import numpy as np
+import pytest
+import torch
+
+from embodied_lm.config import ConfigError, TrainConfig, load_run_config
+from embodied_lm.data import examples_from_store as plan_examples
+from embodied_lm.evaluate import run_episode
+from embodied_lm.lm_planner import EmbodiedLMPlanner
+from embodied_lm.model import EmbodiedLM, ModelConfig
+from embodied_lm.planners import make_planner
+from embodied_lm.sentence import collate, inject
+from embodied_lm.transitions import (
+    TransitionRow,
+    change_text,
+    counterfactual,
+    examples_from_store,
+    holds,
+    transition_metrics,
+    transition_sentence,
+)
+from sim.env import EnvConfig, TabletopEnv
+from sim.tasks import EpisodeSpec, generate_specs
+from skills.vocab import Col
+
+P1 = generate_specs(["p1_grasp"], ["L1"], episodes=1, split="test")[0]
+P2 = EpisodeSpec("p2_stack", {"order": ["red", "blue"]}, 4, 11)
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    cfg = ModelConfig(backbone="tiny", sensors="state", mode="full", transitions=["success", "change"])
+    return EmbodiedLM(cfg, seed=0)
+
+
+def _oracle_steps(env, spec):
+    obs, info = env.reset(options={"spec": spec})
+    out = []
+    for _ in range(info["max_steps"]):
+        call = env.oracle_action()
+        nxt, _, term, trunc, info = env.step(call)
+        out.append((call, obs, nxt, info))
+        obs = nxt
+        if term or trunc:
+            break
+    return out
+
+
+@pytest.mark.parametrize("fault,verb", [("slip", "pick"), ("drop", "place"), ("topple", "place")])
+def test_a_fault_makes_its_skill_fail_truthfully_and_the_oracle_recovers(fault, verb):
+    env = TabletopEnv(EnvConfig(observe_images=False, faults={fault: 1.0}))
+    try:
+        steps = _oracle_steps(env, P2)
+    finally:
+        env.close()
+    hit = [(c, o, n, i) for c, o, n, i in steps if c.startswith(verb) and not c.endswith("table")]
+    assert hit and all(i["fault"] == fault for c, _, _, i in steps if c.startswith(verb))
+    call, before, after, info = hit[0]
+    assert not info["skill_success"]  # the sim's verdict stays the truth
+    assert holds(call, after["objects"]) is False
+    if fault == "slip":  # the block fell back where it was
+        k = int(call.split("_")[1]) - 1
+        assert after["objects"][k, Col.SUPPORT] == before["objects"][k, Col.SUPPORT]
+    assert all(i["fault"] is None for c, _, _, i in steps if not c.startswith(verb))
+
+
+def test_faults_replay_with_their_episode_and_no_faults_draw_nothing():
+    def run(faults):
+        env = TabletopEnv(EnvConfig(observe_images=False, faults=faults))
+        try:
+            return [(c, i["fault"], i["skill_success"]) for c, _, _, i in _oracle_steps(env, P2)]
+        finally:
+            env.close()
+
+    mixed = {"slip": 0.4, "drop": 0.2, "topple": 0.3}
+    assert run(mixed) == run(mixed)
+    assert any(f for _, f, _ in run(mixed))
+    assert run({}) == run({"slip": 0.0, "drop": 0.0, "topple": 0.0})
+    assert all(f is None and ok for _, f, ok in run({}))
+
+
+@pytest.mark.parametrize("faults,why", [({"melt": 0.1}, "unknown fault"), ({"slip": 1.5}, "probability"),
+                                        ({"drop": 0.6, "topple": 0.6}, "place faults sum to 1.2")])
+def test_bad_faults_are_one_line_errors_naming_the_key(faults, why):
+    with pytest.raises(ValueError, match=why):
+        EnvConfig(faults=faults)
+    with pytest.raises(ConfigError, match=f"collect.faults.*{why}|{why}") as e:
+        load_run_config({"collect": {"faults": faults}})
+    assert "collect.faults" in str(e.value) and "\n" not in str(e.value)
+
+
+def test_transition_config_is_checked():
+    with pytest.raises(ConfigError, match="train.transitions"):
+        TrainConfig(transitions=["why"])
+    with pytest.raises(ConfigError, match="context=step"):
+        TrainConfig(transitions=["success"], context="episode")
+    TrainConfig(transitions=["success"], family_weights={"success": 2.0})  # weighted like a family
+
+
+def _objects(*rows):
+    """(16, 12) objects array from (slot, kind, support, x, y) rows."""
+    arr = np.zeros((16, 12), np.float32)
+    for k, kind, sup, x, y in rows:
+        arr[k - 1, Col.PRESENT], arr[k - 1, Col.KIND], arr[k - 1, Col.SUPPORT] = 1, kind, sup
+        arr[k - 1, Col.XYZ] = (x, y, 0.02)
+    return arr
+
+
+def test_what_changed_reads_the_support_relations():
+    before = _objects((1, 0, 0, 0.0, 0.0), (2, 0, 0, 0.1, 0.0), (3, 1, 0, 0.2, 0.0))
+    assert change_text(before, before) == "nothing changed"
+    held = _objects((1, 0, 0, 0.0, 0.0), (2, 0, -1, 0.1, 0.0), (3, 1, 0, 0.2, 0.0))
+    assert change_text(before, held) == "obj_2 is now held"
+    on = _objects((1, 0, 0, 0.0, 0.0), (2, 0, 1, 0.0, 0.0), (3, 1, 0, 0.2, 0.0))
+    assert change_text(held, on) == "obj_2 is now on obj_1"
+    inside = _objects((1, 0, 0, 0.0, 0.0), (2, 0, 3, 0.2, 0.0), (3, 1, 0, 0.2, 0.0))
+    assert change_text(held, inside) == "obj_2 is now in obj_3"
+    assert change_text(on, before) == "obj_2 is now on the table"
+    pushed = _objects((1, 0, 0, 0.05, 0.0), (2, 0, 0, 0.1, 0.0), (3, 1, 0, 0.2, 0.0))
+    assert change_text(before, pushed) == "obj_1 moved"
+    two = _objects((1, 0, 0, 0.0, 0.0), (2, 0, 1, 0.0, 0.0), (3, 1, 0, 0.25, 0.0))
+    assert change_text(before, two) == "obj_2 is now on obj_1 and obj_3 moved"
+    assert holds("place obj_2 on obj_1", on) and not holds("place obj_2 on obj_3", on)
+    assert holds("pick obj_2", held) and not holds("pick obj_1", held)
+    other = counterfactual("place obj_2 on obj_1", on, np.random.default_rng(0))
+    assert other is None  # no third block to swap in (obj_3 is a bowl)
+    assert counterfactual("pick obj_1", held, np.random.default_rng(0)) == "pick obj_2"
+
+
+def test_two_observations_in_one_sentence_inject_element_wise(tiny):
+    before = _objects((1, 0, 0, 0.0, 0.0), (3, 0, 0, 0.1, 0.0))
+    after = _objects((1, 0, 0, 0.0, 0.0), (3, 0, -1, 0.1, 0.0))
+    sent = transition_sentence(tiny, "success", "pick obj_3", before, after, "objects", "yes")
+    S = tiny.n_slots
+    assert sent.n_obs == 2 and sent.n_slots == S
+    batch = collate([sent], tiny.tok.pad_token_id)
+    slots = batch["slots"][0]
+    text = tiny.tok.decode([i for i, s in zip(sent.ids, sent.slots) if s < 0])
+    assert text.startswith("Before: Scene: obj_1 is. obj_3 is.\nAfter: Scene: obj_1 is. obj_3 is.\n"
+                           "Q: Was pick obj_3 successful?\nA: yes")
+    # before's scene: obs 0 slots 0 and 2; after's scene and the question's mention: obs 1 (S + 0, S + 2, S + 2)
+    assert slots[slots >= 0].tolist() == [0, 2, S + 0, S + 2, S + 2]
+    emb = tiny.embed(batch["ids"])  # (1, T, D)
+    tokens = torch.randn(2, S, emb.shape[-1])
+    out = inject(emb, batch["slots"], tokens)
+    for t in range(out.shape[1]):
+        k = int(slots[t])
+        want = tokens[k // S, k % S] if k >= 0 else emb[0, t]
+        assert torch.equal(out[0, t], want)
+    answer = batch["labels"][0][batch["labels"][0] >= 0]
+    assert tiny.tok.decode(answer.tolist()).strip().startswith("yes")
+
+
+@pytest.fixture(scope="module")
+def faulted_store(tmp_path_factory):
+    from embodied_lm.datasets import ReplayWriter
+    from embodied_lm.evaluate import evaluate
+
+    path = tmp_path_factory.mktemp("faults") / "demos.zarr"
+    env = TabletopEnv(EnvConfig(observe_images=False, faults={"slip": 0.5, "topple": 0.3}))
+    specs = generate_specs(["p2_stack", "p1_grasp"], ["L1"], episodes=3, split="train")
+    with ReplayWriter(path, attrs={"images": False}) as w:
+        rows = evaluate(env, make_planner("oracle"), specs, w, progress=False)
+    env.close()
+    assert any(not all(r.skill_success) for r in rows)
+    return path, rows
+
+
+def test_transition_examples_carry_the_simulator_s_labels(tiny, faulted_store):
+    path, rows = faulted_store
+    examples = examples_from_store(path, tiny, ["success", "change"])
+    skill_steps = [(r, t) for r in rows for t, a in enumerate(r.plan[:-1]) if a.split()[0] in ("pick", "place")]
+    success = [e for e in examples if e.task == "success"]
+    change = [e for e in examples if e.task == "change"]
+    assert len(change) == len(skill_steps) and len(success) > len(skill_steps)  # + counterfactual questions
+    answers = [tiny.tok.decode(e.sentence.ids[e.sentence.n_prompt:-1]).strip() for e in change]
+    assert "nothing changed" in answers or any("is now on the table" in a for a in answers)
+    verdicts = [tiny.tok.decode(e.sentence.ids[e.sentence.n_prompt:-1]).strip() for e in success]
+    truth = ["yes" if r.skill_success[t] else "no" for r, t in skill_steps]
+    asked = [e for e in success if all(len(o) for o in e.observations)]
+    assert len(asked) == len(success) and all(e.sentence.n_obs == 2 for e in examples)
+    assert truth.count("no") > 0 and verdicts.count("no") >= truth.count("no")
+
+
+def test_plan_history_keeps_only_the_steps_that_worked(tiny, faulted_store):
+    path, rows = faulted_store
+    examples = plan_examples(path, tiny.tok, tiny.encoder)
+    failed = next(r for r in rows if r.success and not all(r.skill_success))
+    t = failed.skill_success.index(False)
+    first = sum(len(r.plan) for r in rows[:rows.index(failed)] if r.success)
+    retry = tiny.tok.decode(examples[first + t + 1].sentence.ids)
+    worked = [a for a, ok in zip(failed.plan[:t + 1], failed.skill_success) if ok]
+    assert f"Done so far: {'; '.join(worked) if worked else 'nothing'}." in retry
+
+
+def test_detection_replans_a_step_judged_failed(tiny, monkeypatch):
+    env = TabletopEnv(EnvConfig(observe_images=False))
+    planner = EmbodiedLMPlanner(model=tiny, detect=True)
+    asked = []
+    try:
+        obs, info = env.reset(options={"spec": P1})
+        planner.reset(env, obs, info)
+        monkeypatch.setattr(planner.judge, "ask", lambda *question: asked.append(question) or "no")
+        first = env.oracle_action()  # stands for the planner's own first call (the tiny model says "done")
+        assert first.startswith("pick")
+        planner.history, planner.last = [first], (first, obs)
+        nxt, *_ = env.step(first)
+        second = planner.act(nxt, info)
+    finally:
+        env.close()
+    assert asked == [("success", first, obs, nxt)]  # the call, the observation before it and the one after
+    assert planner.judged_failed == [first] and planner.history == [second]  # judged failed: not history
+    assert planner.episode_extra() == {"judged_failed": [first]}
+    monkeypatch.setattr(planner.judge, "ask", lambda *a: "yes")
+    planner.last = (first, obs)
+    planner.history = [first]
+    planner.act(nxt, info)
+    assert planner.history[0] == first and planner.judged_failed == [first]  # judged fine: it stays
+
+
+def test_detection_needs_a_model_that_learned_it():
+    plain = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
+    with pytest.raises(ConfigError, match="train.transitions"):
+        EmbodiedLMPlanner(model=plain, detect=True)
+
+
+def test_metrics_count_failure_as_the_positive_class():
+    def row(ok, ans, change="nothing changed", said="nothing changed"):
+        return TransitionRow({}, 0, "pick obj_1", None, ok, ans, change, said)
+
+    rows = [row(False, "no"), row(False, "yes"), row(True, "no"), row(True, "yes", said="obj_1 moved")]
+    m = transition_metrics(rows)
+    assert m["failed_share"] == 0.5 and m["success"]["precision"] == 0.5 and m["success"]["recall"] == 0.5
+    assert m["success"]["f1_failure"] == 0.5 and m["success"]["accuracy"] == 0.5 and m["change"]["exact"] == 0.75
+
+
+def test_ros_endpoint_reports_a_faulted_skill_as_success(caplog):
+    from embodied_lm.ros import RosConfig, RosEmbodiment
+    from embodied_lm.ros.testing.sim_endpoint import SimRobotEndpoint
+
+    with SimRobotEndpoint(EnvConfig(faults={"drop": 1.0})) as ep, RosEmbodiment(RosConfig(port=ep.port)) as bridge:
+        row = run_episode(bridge, make_planner("oracle"), P2)
+    assert ep.stats.faults and all(f["fault"] == "drop" and not f["sim_success"] for f in ep.stats.faults)
+    placed = [ok for a, ok in zip(row.plan, row.skill_success) if a.startswith("place")]
+    assert placed and all(placed)  # the robot said it worked; the sim knows it did not
+    assert not row.success
+
+
+def test_a_run_trained_on_transitions_reports_them(tmp_path):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "experiments" / "run.py"), "preset=smoke",
+                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "collect.faults.slip=0.5",
+                          "train.transitions=[success,change]", "eval.transition_episodes=1"],
+                         capture_output=True, text=True, timeout=600, cwd=root)
+    assert out.returncode == 0, out.stderr[-2000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    tr = res["transitions"]
+    assert tr["faults"]["slip"] == 0.5 and tr["steps"] >= 1 and 0 <= tr["success"]["f1_failure"] <= 1
+    assert 0 <= tr["change"]["exact"] <= 1 and res["decode"] == {"detect": False}  # auto: off in the sim
+    rows = [json.loads(line) for line in (tmp_path / "transitions.jsonl").read_text().splitlines()]
+    assert len(rows) == tr["steps"] and {"call", "skill_success", "success_answer", "change_truth"} <= set(rows[0])
+    saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
+    assert saved["model"]["transitions"] == ["success", "change"]
