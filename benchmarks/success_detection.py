@@ -22,7 +22,7 @@ from collections import defaultdict
 
 import numpy as np
 
-from embodied_lm.evaluate import evaluate
+from embodied_lm.evaluate import evaluate, row_dict
 from embodied_lm.lm_planner import EmbodiedLMPlanner
 from embodied_lm.results import versions
 from sim.env import EnvConfig, TabletopEnv
@@ -79,7 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         t0 = time.perf_counter()
         with embodiment(args.embodiment, faults, model.cfg.sensors != "state") as (env, ep):
             rows = evaluate(env, planner, specs, progress=True)
-            injected = len(ep.stats.faults) if ep is not None else sum(len(r.extra.get("faults", [])) for r in rows)
+            in_rows = sum(len(r.extra.get("faults", [])) for r in rows)
+            injected = len(ep.stats.faults) if ep is not None else in_rows
         by_family = defaultdict(list)
         for r in rows:
             by_family[r.spec["task"]].append(r.success)
@@ -91,6 +92,9 @@ def main(argv: list[str] | None = None) -> None:
                "planner_ms_per_step": round(float(np.mean([r.planner_ms for r in rows])), 1),
                "wall_s": round(time.perf_counter() - t0, 1)}
         out["arms"]["detect" if detect else "no_detect"] = arm
+        out.setdefault("rows", {})["detect" if detect else "no_detect"] = [row_dict(r) for r in rows]
+        if ep is not None:
+            out.setdefault("endpoint_faults", {})["detect" if detect else "no_detect"] = list(ep.stats.faults)
         print(f"detect={'on' if detect else 'off'}: {json.dumps(arm)}", flush=True)
     a, b = out["arms"]["no_detect"], out["arms"]["detect"]
     print(f"episode success {a['success']:.1%} -> {b['success']:.1%} with detection "

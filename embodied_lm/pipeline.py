@@ -190,6 +190,7 @@ def transition_stage(cfg: RunConfig, model, run_dir: Path) -> dict[str, Any]:
     levels = [lv for lv in cfg.eval.levels if lv in ("L1", "L2")] or ["L1"]
     specs = generate_specs(cfg.collect.families, levels, cfg.eval.transition_episodes, cfg.seed, "test")
     env = TabletopEnv(make_env_config(cfg, model.cfg.sensors != "state", faults))
+    t0 = time.perf_counter()
     try:
         metrics, rows = evaluate_transitions(model, env, specs, model.cfg.transitions, cfg.decode.precision,
                                              progress=cfg.eval.progress)
@@ -197,7 +198,7 @@ def transition_stage(cfg: RunConfig, model, run_dir: Path) -> dict[str, Any]:
         env.close()
     with open(run_dir / "transitions.jsonl", "w") as f:
         f.writelines(json.dumps(row_dict(r)) + "\n" for r in rows)
-    metrics["faults"] = dict(faults)
+    metrics |= {"faults": dict(faults), "wall_s": round(time.perf_counter() - t0, 1)}
     print(f"transitions: {json.dumps(metrics)}")
     return metrics
 

@@ -282,6 +282,22 @@ def test_slot_tracker_keeps_names_and_the_held_block():
     assert {o.color: k for k, o in again.items()} == names and not again[names["red"]].held
 
 
+def test_a_slipped_grasp_is_seen_and_the_block_is_not_held():
+    a = PerceivedObject("block", "red", np.array([0.4, 0.0, 0.02]), 0.04, 0.04)
+    b = PerceivedObject("block", "blue", np.array([0.6, 0.1, 0.02]), 0.04, 0.04)
+    tr = SlotTracker()
+    names = {o.color: k for k, o in tr.update([a, b]).items()}
+    tr.mark_held(names["red"])  # the robot reported the pick done ...
+    fell = PerceivedObject("block", "red", np.array([0.41, 0.01, 0.02]), 0.04, 0.04)
+    after = tr.update([fell, b], ee_position=np.array([0.22, 0.0, 0.34]))  # ... but red is still there
+    assert tr.held is None and not after[names["red"]].held and len(after) == 2
+    assert {o.color: k for k, o in after.items()} == names  # no new name for the block that stayed
+    tr.mark_held(names["red"])  # a real grasp: the block leaves the table
+    held = tr.update([b], ee_position=np.array([0.22, 0.0, 0.34]))
+    assert tr.held == names["red"] and held[names["red"]].held
+    assert tr.update([b], ee_position=np.array([0.3, 0.0, 0.3]))[names["red"]].held  # checked once, not after
+
+
 def test_topic_and_joint_names_are_written_once():
     """``RosConfig``'s defaults and ``messages.JOINT_NAMES`` are the only names: the sim endpoint publishes
     on a ``RosConfig`` and the MCAP export takes the same joint names."""

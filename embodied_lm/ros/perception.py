@@ -272,6 +272,7 @@ class SlotTracker:
         self.held: int | None = None
         self.released: PerceivedObject | None = None  # let go since the last update: keeps its slot
         self.released_slot: int | None = None
+        self.grasped: PerceivedObject | None = None  # picked since the last update, as last seen on the table
 
     def update(self, objects: Sequence[PerceivedObject],
                ee_position: np.ndarray | None = None) -> dict[int, PerceivedObject]:
@@ -297,6 +298,18 @@ class SlotTracker:
             taken_i.add(i)
         order = sorted((i for i in range(len(objects)) if i not in taken_i),
                        key=lambda i: tuple(round(float(v), 3) for v in objects[i].position[:2]))
+        grasped = self.grasped
+        if grasped is not None and self.held is not None:
+            # A pick the robot reported done, but its block is still seen where it stood: the grasp slipped
+            # (a gripper without a sensor cannot tell).  It keeps its name and is not held.
+            left = [i for i in order if objects[i].kind == grasped.kind and objects[i].color == grasped.color
+                    and float(np.linalg.norm(objects[i].position - grasped.position)) <= self.radius]
+            if left:
+                i = min(left, key=lambda i: float(np.linalg.norm(objects[i].position - grasped.position)))
+                new[self.held] = objects[i]
+                order.remove(i)
+                self.held = None
+        self.grasped = None
         rel = self.released
         if rel is not None and self.released_slot not in new:
             # The block just let go of reappears elsewhere: the unmatched one of its colour nearest the gripper.
@@ -324,6 +337,7 @@ class SlotTracker:
     def mark_held(self, slot: int | None) -> None:
         """After a successful pick (``slot``) or a place (None): the gripper's content changed."""
         if slot is not None and slot in self.slots:
+            self.grasped = self.slots[slot]  # checked against the next view (a slipped grasp leaves it there)
             self.slots[slot] = replace(self.slots[slot], held=True)
         elif slot is None and self.held is not None and self.held in self.slots:
             self.released, self.released_slot = self.slots.pop(self.held), self.held  # back in view next update
