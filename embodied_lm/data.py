@@ -160,3 +160,14 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
         else:
             out += steps
     return out
+
+
+def training_examples(path, model, families: Sequence[str] | None = None) -> list[Example]:
+    """What ``model`` trains on from the store: its plans in its context, plus the transition questions
+    its config names (``model.cfg.transitions``, embodied_lm.transitions)."""
+    out = examples_from_store(path, model.tok, model.encoder, families, context=model.cfg.context)
+    if model.cfg.transitions:
+        from embodied_lm import transitions
+
+        out += transitions.examples_from_store(path, model, model.cfg.transitions)
+    return out

@@ -107,16 +107,11 @@ def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, d
                              address=cfg.ray.address, progress=cfg.eval.progress)
         model, n_examples = load_trained(checkpoint, seed=cfg.seed), state["examples"]
     else:
-        from embodied_lm.data import examples_from_store
+        from embodied_lm.data import training_examples
         from embodied_lm.model import EmbodiedLM
 
         model = EmbodiedLM(cfg.model_config(), seed=cfg.seed)
-        examples = examples_from_store(dataset, model.tok, model.encoder, cfg.collect.families,
-                                       context=model.cfg.context)
-        if t.transitions:
-            from embodied_lm import transitions
-
-            examples += transitions.examples_from_store(dataset, model, t.transitions)
+        examples = training_examples(dataset, model, cfg.collect.families)
         state = train(model, examples, t, checkpoint, resume=checkpoint if resume else None,
                       progress=cfg.eval.progress)
         n_examples = len(examples)

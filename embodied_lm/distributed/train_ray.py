@@ -187,7 +187,7 @@ def _train_loop(config: dict) -> None:
     import ray.train
     import ray.train.torch
 
-    from embodied_lm.data import examples_from_store
+    from embodied_lm.data import training_examples
     from embodied_lm.model import EmbodiedLM
     from embodied_lm.train import train
 
@@ -196,8 +196,7 @@ def _train_loop(config: dict) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     ckpt_dir = Path(config["checkpoint_dir"])
     model = EmbodiedLM(ModelConfig(**config["model_cfg"]), seed=config["model_seed"])  # the same on every rank
-    examples = examples_from_store(config["dataset"], model.tok, model.encoder, config["families"],
-                                   context=model.cfg.context)
+    examples = training_examples(config["dataset"], model, config["families"])
 
     def report(state: dict, lr_scale: float | None) -> None:  # all ranks: a barrier
         metrics = {**state, "loss": state["losses"][-1] if state["losses"] else None, "world_size": world,
