@@ -29,12 +29,18 @@ from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import generate_specs
 
 
-def _faults(items: list[str]) -> dict[str, float]:
+def _faults(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         kind, _, p = item.partition("=")
-        out[kind] = float(p)
-    EnvConfig(faults=out)  # one-line ValueError for a bad fault
+        try:
+            out[kind] = float(p)
+        except ValueError:
+            ap.error(f"--fault {item!r}: expected KIND=P, e.g. drop=0.3")
+    try:
+        EnvConfig(faults=out)
+    except ValueError as e:
+        ap.error(str(e))
     return out
 
 
@@ -66,7 +72,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    faults = _faults(args.fault or ["drop=0.3"])
+    faults = _faults(ap, args.fault or ["drop=0.3"])
 
     from embodied_lm.train import load_trained
 

@@ -210,7 +210,8 @@ class TrainConfig:
         if not (0 < self.lr < 1 and 0 < self.sensor_lr < 1):
             raise ConfigError("train.lr and train.sensor_lr must be in (0, 1)")
         unknown = [f for f in self.family_weights if f not in TRANSITIONS]
-        check_families("train.family_weights", unknown)  # a transition question is weighted like a family
+        if unknown:  # a transition question (success, change) is weighted like a family
+            check_families("train.family_weights", unknown)
         for fam, w in self.family_weights.items():
             if not isinstance(w, (int, float)) or isinstance(w, bool) or w <= 0:
                 raise ConfigError(f"train.family_weights.{fam} must be a positive number, got {w!r}")
@@ -277,7 +278,12 @@ class RunConfig:
         images_needed = self.sensors.name != "state" and {"collect", "train"} <= set(self.stages)
         if self.collect.images is False and images_needed:
             raise ConfigError(f"collect.images=false but sensors={self.sensors.name} trains on camera images")
+        if self.decode.detect == "on" and "train" in self.stages and "success" not in self.train.transitions:
+            raise ConfigError("decode.detect=on: the model this run trains needs train.transitions=[success]")
         kind = self.embodiment.get("kind", "sim")
+        if kind == "ros" and any(self.eval.faults.values()):
+            raise ConfigError("eval.faults are the sim's: a robot's faults are its own (the sim-backed endpoint "
+                              "takes --fault KIND=P)")
         if kind == "ros":
             from embodied_lm.ros import RosConfig
 

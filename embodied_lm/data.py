@@ -169,5 +169,5 @@ def training_examples(path, model, families: Sequence[str] | None = None) -> lis
     if model.cfg.transitions:
         from embodied_lm import transitions
 
-        out += transitions.examples_from_store(path, model, model.cfg.transitions)
+        out += transitions.examples_from_store(path, model, model.cfg.transitions, families)
     return out

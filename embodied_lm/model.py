@@ -77,6 +77,8 @@ class ModelConfig:
         check_choice("context", self.context, CONTEXTS)
         for q in self.transitions:
             check_choice("transitions[]", q, TRANSITIONS)
+        if self.transitions and self.context != "step":  # a step judged failed cannot leave a KV cache
+            raise ConfigError("transitions need context=step")
         check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
             raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")

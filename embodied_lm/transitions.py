@@ -88,11 +88,12 @@ def counterfactual(call: str, after: np.ndarray, rng: np.random.Generator) -> st
     target placed on): a question whose answer is usually "no" although the scene changed -- so a
     detector must read which call it is asked about, not only whether something happened."""
     w = call.split(" ")
-    if w[0] not in ("pick", "place"):
+    if w[0] not in ("pick", "place") or w[-1] == "table":  # "on table": any block on the table would be "yes"
         return None
-    last = len(w) - 1 if w[0] == "place" and w[-1] != "table" else 1
+    last = len(w) - 1 if w[0] == "place" else 1
+    kind = KINDS[int(after[int(w[last][4:]) - 1, Col.KIND])]  # a bowl target is swapped for a bowl
     others = [f"obj_{k}" for k in present_slots(after) if f"obj_{k}" not in (w[1], w[last])
-              and KINDS[int(after[k - 1, Col.KIND])] == "block"]
+              and KINDS[int(after[k - 1, Col.KIND])] == kind]
     if not others:
         return None
     w[last] = others[int(rng.integers(len(others)))]
@@ -103,10 +104,12 @@ def label(which: str, ok: bool, before: np.ndarray, after: np.ndarray) -> str:
     return ("yes" if ok else "no") if which == "success" else change_text(before, after)
 
 
-def examples_from_store(path, model, which: Sequence[str]) -> list[Example]:
-    """Every skill step of every episode (failed ones too: they hold the negatives) that has a next
-    frame: one example per question in ``which``, task = the question's name (the batch sampler's
-    family)."""
+def examples_from_store(path, model, which: Sequence[str], families: Sequence[str] | None = None,
+                        counterfactuals: bool = True) -> list[Example]:
+    """Every skill step of every episode (failed ones too: they hold the negatives; optionally only some
+    families) that has a next frame: one example per question in ``which``, in step order, task = the
+    question's name (the batch sampler's family); with ``success``, after each step's own question one
+    ``counterfactual`` question where there is one."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)
@@ -121,7 +124,9 @@ def examples_from_store(path, model, which: Sequence[str]) -> list[Example]:
     starts = np.concatenate([[0], ends[:-1]])
     out: list[Example] = []
     rng = np.random.default_rng(0)
-    for s, e in zip(starts, ends):
+    for i, (s, e) in enumerate(zip(starts, ends)):
+        if families and reader.meta(i)["task"] not in families:
+            continue
         for g in range(int(s), int(e) - 1):
             call = str(actions[g])
             if call.split(" ")[0] not in SKILL_VERBS:
@@ -131,7 +136,7 @@ def examples_from_store(path, model, which: Sequence[str]) -> list[Example]:
                 answer = label(w, bool(oks[g]), objects[g], objects[g + 1])
                 sent = transition_sentence(model, w, call, objects[g], objects[g + 1], enc.kind, answer)
                 out.append(Example(sent, obs, w))
-            other = counterfactual(call, objects[g + 1], rng) if "success" in which else None
+            other = counterfactual(call, objects[g + 1], rng) if "success" in which and counterfactuals else None
             if other is not None:
                 answer = "yes" if holds(other, objects[g + 1]) else "no"
                 sent = transition_sentence(model, "success", other, objects[g], objects[g + 1], enc.kind, answer)
@@ -232,8 +237,10 @@ def transition_metrics(rows: Sequence[TransitionRow]) -> dict[str, Any]:
         fn = sum(not r.skill_success and r.success_answer != "no" for r in judged)
         prec = tp / max(tp + fp, 1)
         rec = tp / max(tp + fn, 1)
-        out["success"] = {"f1_failure": round(2 * prec * rec / max(prec + rec, 1e-9), 4),
-                          "precision": round(prec, 4), "recall": round(rec, 4),
+        failures = tp + fn  # none (no faults): recall and F1 are undefined, not 0
+        f1 = round(2 * prec * rec / max(prec + rec, 1e-9), 4) if failures else None
+        out["success"] = {"f1_failure": f1, "precision": round(prec, 4),
+                          "recall": round(rec, 4) if failures else None,
                           "accuracy": round(float(np.mean([(r.success_answer == "yes") == r.skill_success
                                                            for r in judged])), 4),
                           "by_fault": _by_fault(judged)}

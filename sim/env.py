@@ -164,14 +164,21 @@ class TabletopEnv(gym.Env):
 
     # -- internals ---------------------------------------------------------------------------------
     def _draw_fault(self, action: str) -> Fault | None:
-        """A deliberate failure for this call (``config.faults``), drawn only for a call it applies to."""
+        """A deliberate failure for this call (``config.faults``), drawn only for a call that can run now
+        and that a fault affects (``topple``: a place onto a block)."""
         if not any(self.config.faults.values()):
             return None
         try:
-            verb = type(parse(action)).__name__.lower()
+            call = parse(action)
         except SkillParseError:
             return None
-        return draw_fault(self.config.faults, verb, self._fault_rng)
+        if not isinstance(call, (Pick, Place)) or self.skills.check(call, self.world.robot) is not None:
+            return None
+        faults = dict(self.config.faults)
+        onto_block = isinstance(call, Place) and call.target is not None and not call.in_bowl
+        if not onto_block:
+            faults.pop("topple", None)
+        return draw_fault(faults, type(call).__name__.lower(), self._fault_rng)
 
     def _sample_spec(self) -> EpisodeSpec:
         rng = self.np_random

@@ -7,6 +7,8 @@ and the robot faults a closed loop must notice.
 - ``drop``: the held block drops halfway to the place target (place fails; it lands where it falls);
 - ``topple``: the block is set down 2.8 cm off the target's centre and falls off it (place on a block).
 
+A fault is drawn only for a call that can run now and that it affects (``TabletopEnv._draw_fault``).
+
 Draws come from the episode's own generator (seeded by the spec's seed), not the world's, so a scene
 and its faults replay exactly, and a run without faults draws nothing.  The simulator's labels stay
 truthful: a faulted skill reports failure unless the target happens to be reached anyway.
