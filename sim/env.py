@@ -165,7 +165,7 @@ class TabletopEnv(gym.Env):
     # -- internals ---------------------------------------------------------------------------------
     def _draw_fault(self, action: str) -> Fault | None:
         """A deliberate failure for this call (``config.faults``), drawn only for a call that can run now
-        and that a fault affects (``topple``: a place onto a block)."""
+        and that the fault affects (``drop``: a place onto an object; ``topple``: onto a block)."""
         if not any(self.config.faults.values()):
             return None
         try:
@@ -175,8 +175,9 @@ class TabletopEnv(gym.Env):
         if not isinstance(call, (Pick, Place)) or self.skills.check(call, self.world.robot) is not None:
             return None
         faults = dict(self.config.faults)
-        onto_block = isinstance(call, Place) and call.target is not None and not call.in_bowl
-        if not onto_block:
+        if isinstance(call, Place) and call.target is None:  # "on table": wherever it lands, it is on the table
+            faults.pop("drop", None)
+        if not (isinstance(call, Place) and call.target is not None and not call.in_bowl):
             faults.pop("topple", None)
         return draw_fault(faults, type(call).__name__.lower(), self._fault_rng)
 

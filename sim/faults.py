@@ -4,7 +4,7 @@ and the robot faults a closed loop must notice.
 ``EnvConfig.faults`` maps a fault to its probability per call of the skill it affects:
 
 - ``slip``: the grasp slips as the arm lifts; the block falls back to the table (pick fails);
-- ``drop``: the held block drops halfway to the place target (place fails; it lands where it falls);
+- ``drop``: the held block drops halfway to the place target, a block or a bowl (it lands where it falls);
 - ``topple``: the block is set down 2.8 cm off the target's centre and falls off it (place on a block).
 
 A fault is drawn only for a call that can run now and that it affects (``TabletopEnv._draw_fault``).
