@@ -266,13 +266,14 @@ def test_a_run_trained_on_transitions_reports_them(tmp_path):
 
     root = Path(__file__).resolve().parents[1]
     out = subprocess.run([sys.executable, str(root / "experiments" / "run.py"), "preset=smoke",
-                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "collect.faults.slip=0.5",
+                          f"hydra.run.dir={tmp_path}", "eval.progress=false", "collect.faults.slip=1.0",
                           "train.transitions=[success,change]", "eval.transition_episodes=1"],
                          capture_output=True, text=True, timeout=600, cwd=root)
     assert out.returncode == 0, out.stderr[-2000:]
     res = json.loads((tmp_path / "results.json").read_text())
     tr = res["transitions"]
-    assert tr["faults"]["slip"] == 0.5 and tr["steps"] >= 1 and 0 <= tr["success"]["f1_failure"] <= 1
+    assert tr["faults"]["slip"] == 1.0 and tr["steps"] >= 1 and tr["failed_share"] == 1.0  # every grasp slips
+    assert 0 <= tr["success"]["f1_failure"] <= 1
     assert 0 <= tr["change"]["exact"] <= 1 and res["decode"] == {"detect": False}  # auto: off in the sim
     rows = [json.loads(line) for line in (tmp_path / "transitions.jsonl").read_text().splitlines()]
     assert len(rows) == tr["steps"] and {"call", "skill_success", "success_answer", "change_truth"} <= set(rows[0])
