@@ -26,22 +26,8 @@ from embodied_lm.evaluate import evaluate, row_dict
 from embodied_lm.lm_planner import EmbodiedLMPlanner
 from embodied_lm.results import versions
 from sim.env import EnvConfig, TabletopEnv
+from sim.faults import parse_faults
 from sim.tasks import generate_specs
-
-
-def _faults(ap: argparse.ArgumentParser, items: list[str]) -> dict[str, float]:
-    out = {}
-    for item in items:
-        kind, _, p = item.partition("=")
-        try:
-            out[kind] = float(p)
-        except ValueError:
-            ap.error(f"--fault {item!r}: expected KIND=P, e.g. drop=0.3")
-    try:
-        EnvConfig(faults=out)
-    except ValueError as e:
-        ap.error(str(e))
-    return out
 
 
 @contextlib.contextmanager
@@ -72,7 +58,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
-    faults = _faults(ap, args.fault or ["drop=0.3"])
+    try:
+        faults = parse_faults(args.fault or ["drop=0.3"])
+    except ValueError as e:
+        ap.error(str(e))
 
     from embodied_lm.train import load_trained
 

@@ -48,6 +48,19 @@ def check_faults(faults: dict[str, float], where: str = "faults") -> None:
             raise ValueError(f"{where}: the {verb} faults sum to {total:g} > 1")
 
 
+def parse_faults(items: list[str]) -> dict[str, float]:
+    """``["drop=0.3", "slip=0.1"]`` (command-line ``--fault KIND=P``) -> checked faults; one-line ValueError."""
+    out = {}
+    for item in items:
+        kind, _, p = item.partition("=")
+        try:
+            out[kind] = float(p)
+        except ValueError:
+            raise ValueError(f"--fault {item!r}: expected KIND=P, e.g. drop=0.3") from None
+    check_faults(out, "--fault")
+    return out
+
+
 def draw_fault(faults: dict[str, float], verb: str, rng: np.random.Generator) -> Fault | None:
     """The fault (or None) for one call of ``verb``; draws only when a fault applies to the verb."""
     kinds = [k for k in FAULTS if FAULTS[k] == verb and faults.get(k, 0) > 0]

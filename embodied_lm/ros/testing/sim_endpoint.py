@@ -294,18 +294,12 @@ def main(argv: list[str] | None = None) -> None:
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from sim.env import EnvConfig
+    from sim.faults import parse_faults
     from sim.world import WorldConfig
 
-    faults = {}
-    for item in args.fault:
-        kind, _, p = item.partition("=")
-        try:
-            faults[kind] = float(p)
-        except ValueError:
-            ap.error(f"--fault {item!r}: expected KIND=P, e.g. drop=0.3")
     try:
         world = WorldConfig(image_size=tuple(args.image_size)) if args.image_size else WorldConfig()
-        env_cfg = EnvConfig(world=world, faults=faults)
+        env_cfg = EnvConfig(world=world, faults=parse_faults(args.fault))
     except ValueError as e:
         ap.error(str(e))
     ep = SimRobotEndpoint(env_cfg, host=args.host, port=args.port, ros_version=args.ros_version,
