@@ -97,6 +97,9 @@ class EvalConfig:
     refer: str | None = None  # entity | color | mixed for every level; None = L3 alternates, others entity
     progress: bool = True
     faults: dict[str, float] = field(default_factory=lambda: dict(NO_FAULTS))  # sim.faults in eval episodes (sim)
+    # observe like a robot (sim.perceived): objects from perception on the images, its obj_k names, no masks
+    perception: bool = False
+    jitter: bool = False  # cameras moved (+-2 cm, +-3 deg) and relit per episode (sim.camera.Jitter)
     # a model trained on transition questions: oracle episodes per family x level (test seeds, with
     # eval.faults or else collect.faults) whose skill steps it is asked about (results.json "transitions")
     transition_episodes: int = 10
@@ -148,6 +151,8 @@ class CollectConfig:
     # deliberate skill failures while collecting (sim.faults: slip | drop | topple -> probability per call):
     # the negatives success detection (train.transitions) learns from; the oracle recovers from them
     faults: dict[str, float] = field(default_factory=lambda: dict(NO_FAULTS))
+    perception: bool = False  # demonstrations observed like a robot (eval.perception): perceived object rows
+    jitter: bool = False  # cameras moved and relit per episode (eval.jitter)
 
     def __post_init__(self) -> None:
         from sim.tasks import STYLES
@@ -284,6 +289,11 @@ class RunConfig:
         if kind == "ros" and any(self.eval.faults.values()):
             raise ConfigError("eval.faults are the sim's: a robot's faults are its own (the sim-backed endpoint "
                               "takes --fault KIND=P)")
+        if kind == "ros" and (self.eval.perception or self.eval.jitter):
+            raise ConfigError("eval.perception and eval.jitter are the sim's: a robot observes through its own "
+                              "perception and cameras")
+        if self.collect.images is False and self.collect.perception and "collect" in self.stages:
+            raise ConfigError("collect.perception reads camera images: it cannot run with collect.images=false")
         if kind == "ros":
             from embodied_lm.ros import RosConfig
 

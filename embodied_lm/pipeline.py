@@ -23,36 +23,44 @@ from sim.tasks import EpisodeSpec, generate_specs, load_specs
 from sim.world import World, WorldConfig
 
 
-def make_env_config(cfg: RunConfig, observe_images: bool, faults: dict | None = None) -> EnvConfig:
+def make_env_config(cfg: RunConfig, observe_images: bool, faults: dict | None = None, perception: bool = False,
+                    jitter: bool = False) -> EnvConfig:
+    """The sim's config (``faults``: sim.faults; ``perception``: observed like a robot, sim.perceived;
+    ``jitter``: cameras moved and relit per episode, sim.camera.Jitter)."""
+    from sim.camera import Jitter
+
     w = cfg.task.world
     world = WorldConfig(image_size=tuple(w.image_size), cameras=tuple(w.cameras), renderer=w.renderer)
     return EnvConfig(families=tuple(cfg.task.families) or None, world=world, skills=dict(cfg.task.skills),
-                     observe_images=observe_images, faults=dict(faults or {}))
+                     observe_images=observe_images or perception, faults=dict(faults or {}),
+                     perception=perception, jitter=Jitter() if jitter else None)
 
 
-def make_env(cfg: RunConfig, observe_images: bool, faults: dict | None = None):
-    """The Embodiment to evaluate on: the sim (with ``faults``, sim.faults), or a robot over ROS
-    (``embodiment=ros``; its faults are its own)."""
+def make_env(cfg: RunConfig, observe_images: bool, faults: dict | None = None, perception: bool = False,
+             jitter: bool = False):
+    """The Embodiment to evaluate on: the sim (see ``make_env_config``), or a robot over ROS
+    (``embodiment=ros``; its faults, perception and cameras are its own)."""
     if cfg.embodiment.get("kind", "sim") == "ros":
         from embodied_lm.ros import RosConfig, RosEmbodiment
 
         return RosEmbodiment(RosConfig.from_dict(cfg.embodiment))
-    return TabletopEnv(make_env_config(cfg, observe_images, faults))
+    return TabletopEnv(make_env_config(cfg, observe_images, faults, perception, jitter))
 
 
 def rollouts(cfg: RunConfig, specs, planner_name: str, planner_kwargs: dict, observe_images: bool, recorder,
-             faults: dict | None = None):
+             faults: dict | None = None, perception: bool = False, jitter: bool = False):
     """Run ``specs`` serially here, or on Ray actors (``ray.num_workers`` / ``ray.address``).
     Returns (rows in spec order, Ray stats or None)."""
     if cfg.ray.enabled:
         from embodied_lm.distributed import run_parallel
 
-        return run_parallel(specs, planner_name, planner_kwargs, make_env_config(cfg, observe_images, faults),
+        env_config = make_env_config(cfg, observe_images, faults, perception, jitter)
+        return run_parallel(specs, planner_name, planner_kwargs, env_config,
                             num_workers=cfg.ray.num_workers or None, address=cfg.ray.address, recorder=recorder,
                             progress=cfg.eval.progress, max_retries=cfg.ray.max_retries,
                             num_gpus_per_worker=cfg.ray.gpus_per_worker,
                             episode_timeout_s=cfg.ray.episode_timeout_s)
-    env = make_env(cfg, observe_images, faults)
+    env = make_env(cfg, observe_images, faults, perception, jitter)
     try:
         return evaluate(env, make_planner(planner_name, **planner_kwargs), specs, recorder,
                         progress=cfg.eval.progress), None
@@ -85,10 +93,12 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     c = cfg.collect
     specs = generate_specs(c.families, c.levels, c.episodes, cfg.seed, "train", c.refer)
     images = cfg.collect.images if cfg.collect.images is not None else cfg.sensors.name != "state"
+    images = images or c.perception
     t0 = time.perf_counter()
     # "images": false marks blank frames (the env skips rendering), which no image encoder may train on
     with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict) | {"images": images}) as writer:
-        rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer, faults=c.faults)
+        rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer, faults=c.faults, perception=c.perception,
+                           jitter=c.jitter)
     ok = sum(r.success for r in rows)
     print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
     return time.perf_counter() - t0
@@ -139,7 +149,7 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
             recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=attrs))
         t0 = time.perf_counter()
         rows, ray_stats = rollouts(cfg, specs, name, kwargs, needs_images or bool(cfg.record), recorder,
-                                   faults=cfg.eval.faults)
+                                   faults=cfg.eval.faults, perception=cfg.eval.perception, jitter=cfg.eval.jitter)
         eval_s = time.perf_counter() - t0
     n_steps = sum(r.steps for r in rows)
     timing = {"collect_s": 0.0, "train_s": 0.0, **(timing or {}), "eval_s": round(eval_s, 2),

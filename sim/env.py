@@ -5,6 +5,10 @@ Observation (dict): per camera ``rgb_<cam>`` (H,W,3) uint8, ``depth_<cam>`` (H,W
 positions + end-effector xyz + quaternion xyzw; ``objects`` (16, 12) float32 (see
 ``World.object_array``); ``instruction`` text.
 
+``EnvConfig.perception``: the sim observed like a robot (``sim.perceived``): ``objects`` are the
+perception's rows from the RGB-D images, ``obj_k`` its names (in calls and instructions), no ``mask_*``.
+``EnvConfig.jitter``: cameras moved and relit per episode (``sim.camera.Jitter``).
+
 A bad action (unparsable, unknown object, impossible now) is a failed step, never an exception.
 The episode terminates on ``done`` or ``answer ...``; it is truncated at the family's step limit.
 Reward is 1 on the terminating step if the task's success predicate holds.
@@ -20,6 +24,7 @@ import gymnasium as gym
 import numpy as np
 from gymnasium import spaces
 
+from sim.camera import Jitter
 from sim.faults import Fault, check_faults, draw_fault
 from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS, EpisodeSpec, TaskEpisode, build_episode
 from sim.world import World, WorldConfig
@@ -48,8 +53,14 @@ class EnvConfig:
     observe_images: bool = True  # False: image keys hold zeros (state-only planners skip rendering)
     split: str = "train"  # seed range used when reset() samples an episode itself
     faults: dict[str, float] = field(default_factory=dict)  # sim.faults: fault -> probability per skill call
+    perception: bool = False  # observe like a robot: objects from perception on the images (sim.perceived)
+    jitter: Jitter | None = None  # cameras moved and relit per episode (a dict of Jitter fields works too)
 
     def __post_init__(self) -> None:
+        if isinstance(self.jitter, dict):
+            self.jitter = Jitter(**self.jitter)
+        if self.perception and not self.observe_images:
+            raise ValueError("EnvConfig.perception needs observe_images=True: perception reads the images")
         if self.families is not None:
             unknown = [f for f in self.families if f not in FAMILIES]
             if unknown:
@@ -80,13 +91,20 @@ class TabletopEnv(gym.Env):
         for cam in self.config.world.cameras:
             obs[f"rgb_{cam}"] = spaces.Box(0, 255, (h, w, 3), np.uint8)
             obs[f"depth_{cam}"] = spaces.Box(0.0, np.inf, (h, w), np.float32)
-            obs[f"mask_{cam}"] = spaces.Box(-1, MAX_OBJECTS, (h, w), np.int16)
+            if not self.config.perception:
+                obs[f"mask_{cam}"] = spaces.Box(-1, MAX_OBJECTS, (h, w), np.int16)
         obs["robot"] = spaces.Box(-np.inf, np.inf, (16,), np.float32)
         obs["objects"] = spaces.Box(-np.inf, np.inf, (MAX_OBJECTS, OBJECT_FEATURES), np.float32)
         obs["instruction"] = spaces.Text(MAX_TEXT, charset=CHARSET)
         self.observation_space = spaces.Dict(obs)
         self.action_space = spaces.Text(128, charset=CHARSET)
         self._blank = {k: np.zeros(s.shape, s.dtype) for k, s in obs.items() if isinstance(s, spaces.Box)}
+        self.perceived = None
+        if self.config.perception:
+            from sim.perceived import PerceivedScene
+
+            ws = self.config.world.workspace
+            self.perceived = PerceivedScene(ws, (ws.x, ws.y))
 
     # -- gymnasium API --------------------------------------------------------------------------
     def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None):
@@ -98,14 +116,29 @@ class TabletopEnv(gym.Env):
             spec = EpisodeSpec.from_dict(spec)
         self.episode = build_episode(self.world, spec)
         self._fault_rng = np.random.default_rng([spec.seed, 0xFA17])  # faults replay with their episode
+        self.world.jitter(self.config.jitter, np.random.default_rng([spec.seed, 0xCA3]))
         self.steps = 0
         self.answer: str | None = None
+        self.instruction = self.episode.instruction
+        if self.perceived is not None:
+            self.perceived.reset()
+            obs = self._observe()
+            self.instruction = obs["instruction"] = self._from_sim(self.episode.instruction)
+            return obs, self._info()
         return self._observe(), self._info()
 
     def step(self, action: str):
         if self.episode is None:
             raise RuntimeError("call reset() before step()")
         steps0 = self.world.steps
+        said = action
+        if self.perceived is not None:
+            action, why = self.perceived.to_sim(action, self.world.object_infos(), self.world.robot.held())
+            if action is None:  # a name the perception does not know: nothing moves
+                self.steps += 1
+                info = self._info() | {"skill_success": False, "message": f"{said}: {why}", "skill_time": 0.0,
+                                       "success": False, "physics_steps": 0, "fault": None}
+                return self._observe(), 0.0, False, self.steps >= self.episode.max_steps, info
         fault = self._draw_fault(action)
         self.world.robot.fault = fault
         try:
@@ -113,6 +146,9 @@ class TabletopEnv(gym.Env):
         finally:
             self.world.robot.fault = None
         self.steps += 1
+        if self.perceived is not None and isinstance(result.call, (Pick, Place)):
+            slot = int(said.split()[1][4:]) - 1
+            self.perceived.after(type(result.call).__name__.lower(), slot, result.success)
         call = result.call
         terminated = isinstance(call, (Answer, Done))
         if isinstance(call, Answer):
@@ -120,7 +156,7 @@ class TabletopEnv(gym.Env):
         success = self.success()
         truncated = not terminated and self.steps >= self.episode.max_steps
         reward = 1.0 if terminated and success else 0.0
-        info = self._info() | {"skill_success": result.success, "message": result.message,
+        info = self._info() | {"skill_success": result.success, "message": self._from_sim(result.message),
                                "skill_time": result.sim_time, "success": success,
                                "physics_steps": self.world.steps - steps0,
                                "fault": fault.kind if fault is not None else None}
@@ -144,17 +180,18 @@ class TabletopEnv(gym.Env):
         return ep.family.success(ep, self.world.object_infos(), self.world.robot.held(), self.answer)
 
     def oracle_action(self) -> str:
-        """The oracle's next call from privileged state."""
+        """The oracle's next call from privileged state (in the perception's names with ``perception``)."""
         ep = self.episode
-        return ep.family.oracle(ep, self.world.object_infos(), self.world.robot.held())
+        return self._from_sim(ep.family.oracle(ep, self.world.object_infos(), self.world.robot.held()))
 
     def valid_actions(self) -> list[str]:
-        """Every skill call (or answer) that is well-formed and possible right now."""
+        """Every skill call (or answer) that is well-formed and possible right now (in the perceived scene
+        with ``perception``)."""
         ep = self.episode
         if ep.family.kind == "question":
             return [f"answer {a}" for a in ep.family.answers()]
-        objs = self.world.object_infos()
-        robot = self.world.robot
+        robot = self.world.robot if self.perceived is None else self.perceived.robot()
+        objs = robot.objects()
         names = sorted(objs, key=lambda n: int(n.split("_")[1]))
         calls = [parse(c) for c in all_calls(names, [objs[n].kind for n in names], robot.held(), answers=False)]
         ok = [c for c in calls if self.skills.check(c, robot) is None]
@@ -195,6 +232,8 @@ class TabletopEnv(gym.Env):
         return EpisodeSpec(fam.name, params, n, seed, None, "entity", level)
 
     def _observe(self) -> dict[str, Any]:
+        if self.perceived is not None:
+            return self._perceive()
         obs: dict[str, Any] = {}
         for cam in self.config.world.cameras:
             if self.config.observe_images:
@@ -204,10 +243,29 @@ class TabletopEnv(gym.Env):
                 obs |= {k: self._blank[k] for k in (f"rgb_{cam}", f"depth_{cam}", f"mask_{cam}")}
         obs["robot"] = self.world.robot.state()
         obs["objects"] = self.world.object_array()
-        obs["instruction"] = self.episode.instruction
+        obs["instruction"] = self.instruction
         return obs
+
+    def _perceive(self) -> dict[str, Any]:
+        """What a robot observes: images, joints, and the objects its perception finds in the images."""
+        obs: dict[str, Any] = {}
+        frames = {}
+        for cam in self.config.world.cameras:
+            frame, params = self.world.render(cam), self.world.camera_params(cam)
+            obs |= {f"rgb_{cam}": frame["rgb"], f"depth_{cam}": frame["depth"]}
+            frames[cam] = (frame["rgb"], frame["depth"], np.asarray(params["K"]),
+                           np.asarray(params["world_from_camera"]))
+        obs["robot"] = self.world.robot.state()
+        obs["objects"] = self.perceived.observe(frames, obs["robot"][9:12])
+        obs["instruction"] = self.instruction
+        return obs
+
+    def _from_sim(self, text: str) -> str:
+        if self.perceived is None:
+            return text
+        return self.perceived.from_sim(text, self.world.object_infos(), self.world.robot.held())
 
     def _info(self) -> dict[str, Any]:
         ep = self.episode
-        return {"spec": ep.spec.to_dict(), "instruction": ep.instruction, "step": self.steps,
+        return {"spec": ep.spec.to_dict(), "instruction": self.instruction, "step": self.steps,
                 "max_steps": ep.max_steps, "sim_time": self.world.sim_time, "held": self.world.robot.held()}

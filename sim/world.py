@@ -14,7 +14,7 @@ import numpy as np
 import pybullet as p
 import pybullet_data
 
-from sim.camera import CameraConfig, render
+from sim.camera import CameraConfig, Jitter, Look, jittered, render
 from skills import scene
 from skills.robot import ObjectInfo, Workspace
 from skills.vocab import (
@@ -102,6 +102,11 @@ class World:
         self.objects = []
         self.steps = 0
         self.robot = PandaRobot(self)
+        self.looks: dict[str, Look] = {}  # cameras moved / relit for this episode (``jitter``)
+
+    def jitter(self, jitter: Jitter | None, rng: np.random.Generator) -> None:
+        """Move and relight every configured camera for this episode (None: the nominal cameras)."""
+        self.looks = {} if jitter is None else {c: jittered(CAMERAS[c], jitter, rng) for c in self.config.cameras}
 
     def close(self) -> None:
         if self.client is not None and p.isConnected(self.client):
@@ -224,7 +229,7 @@ class World:
     def render(self, camera: str) -> dict[str, np.ndarray]:
         """RGB (H,W,3) uint8, depth (H,W) float32 metres, mask (H,W) int16: k for obj_k, -1 robot, 0 else."""
         h, w = self.config.image_size
-        out = render(self.client, CAMERAS[camera], h, w, egl=self._egl is not None)
+        out = render(self.client, self.looks.get(camera) or CAMERAS[camera], h, w, egl=self._egl is not None)
         seg = out.pop("seg")
         mask = np.zeros(seg.shape, np.int16)
         body = seg & ((1 << 24) - 1)  # low bits = body id (segmentation flag may add link bits)
@@ -236,4 +241,5 @@ class World:
 
     def camera_params(self, camera: str) -> dict[str, list]:
         h, w = self.config.image_size
-        return CAMERAS[camera].params(h, w)
+        look = self.looks.get(camera)
+        return (look.camera if look is not None else CAMERAS[camera]).params(h, w)

@@ -14,14 +14,6 @@ import pytest
 from embodied_lm.ros import messages as rm
 from embodied_lm.ros.config import CameraTopics, RosConfig
 from embodied_lm.ros.messages import camera_info_msg, image_msg, pose_msg, ros_header
-from embodied_lm.ros.perception import (
-    PerceivedObject,
-    SlotTracker,
-    color_name,
-    fuse_detections,
-    looks_down,
-    objects_array,
-)
 from embodied_lm.ros.safety import (
     MotionTarget,
     Rejected,
@@ -31,6 +23,14 @@ from embodied_lm.ros.safety import (
     check_motion,
     estop_engaged,
     header_stamp,
+)
+from sensors.perception import (
+    PerceivedObject,
+    SlotTracker,
+    color_name,
+    fuse_detections,
+    looks_down,
+    objects_array,
 )
 from skills.vocab import COLOR_NAMES, COLORS, Col
 
@@ -318,7 +318,7 @@ class BlockSim:
 
 sys.meta_path.insert(0, BlockSim())
 import embodied_lm.ros, embodied_lm.ros.bridge, embodied_lm.ros.config, embodied_lm.ros.messages
-import embodied_lm.ros.perception, embodied_lm.ros.safety
+import sensors.perception, embodied_lm.ros.safety
 from embodied_lm.ros import RosConfig, RosEmbodiment
 
 bridge = RosEmbodiment(RosConfig(), connect=False)

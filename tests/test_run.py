@@ -49,6 +49,9 @@ def test_bad_values_are_config_errors():
         cfg = compose(config_name="config", overrides=["sensors=vit", "collect.images=false"])
         with pytest.raises(ConfigError, match="collect.images=false but sensors=vit trains on camera images"):
             load_run_config(cfg)
+        cfg = compose(config_name="config", overrides=["embodiment=ros", "eval.perception=true"])
+        with pytest.raises(ConfigError, match="a robot observes through its own perception"):
+            load_run_config(cfg)
         # a value of the wrong type is refused while composing, against the RunConfig schema
         with pytest.raises(Exception, match=r"eval\.episodes"):
             compose(config_name="config", overrides=["eval.episodes=lots"])
@@ -137,6 +140,22 @@ def test_oracle_eval_writes_results(tmp_path):
     eps = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
     assert len(eps) == 2 and eps[0]["plan"]
     assert (tmp_path / "success.png").stat().st_size > 1000
+
+
+def test_oracle_eval_through_perception_with_jitter(tmp_path):
+    """eval.perception / eval.jitter reach the env: the recorded episode has no masks, perceived rows."""
+    out = _run("planner=oracle", "eval.episodes=1", "eval.levels=[L1]", "eval.families=[p2_stack]",
+               "eval.perception=true", "eval.jitter=true", "eval.refer=color", f"record={tmp_path}/ep.zarr",
+               f"hydra.run.dir={tmp_path}")
+    assert out.returncode == 0, out.stderr
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert res["families"]["p2_stack"]["L1"]["success_rate"] == 1.0
+    assert res["config"]["eval"]["perception"] and res["config"]["eval"]["jitter"]
+    from embodied_lm.datasets import ReplayReader
+
+    reader = ReplayReader(tmp_path / "ep.zarr")
+    keys = set(reader.episode(0).data)
+    assert "rgb_top" in keys and "objects" in keys and not any(k.startswith("mask_") for k in keys)
 
 
 def test_spec_file_and_record(tmp_path):

@@ -15,7 +15,7 @@ What happens underneath (roslibpy, asyncio transport, rosbridge v2 JSON):
 * **Observation.**  After a reset or a skill, the bridge waits (bounded) for sensors stamped after the
   robot's completion stamp and builds the SAME dict the sim gives: ``rgb_<cam>``, ``depth_<cam>``,
   ``mask_<cam>``, ``robot`` (16,), ``objects`` (16, 12), ``instruction``.  Objects come from
-  ``sensors.segmentation.segment_objects`` on every camera, fused by ``embodied_lm.ros.perception``.
+  ``sensors.segmentation.segment_objects`` on every camera, fused by ``sensors.perception``.
 * **Skill out.**  The call is parsed, its objects are resolved to poses from that object list, the
   motion targets must pass ``safety.check_motion`` (workspace box, speed limit) — otherwise it is a
   failed step and nothing is sent — then one JSON command goes out on ``command_topic`` and the bridge
@@ -42,18 +42,17 @@ import numpy as np
 
 from embodied_lm.ros import messages as rm
 from embodied_lm.ros.config import RosConfig
-from embodied_lm.ros.perception import (
+from embodied_lm.ros.safety import MotionTarget, Rejected, check_fresh, check_motion, estop_engaged
+from sensors.perception import (
     PerceivedObject,
+    PerceivedRobot,
     SlotTracker,
-    fuse_detections,
-    looks_down,
-    object_infos,
     objects_array,
+    perceive,
     render_mask,
 )
-from embodied_lm.ros.safety import MotionTarget, Rejected, check_fresh, check_motion, estop_engaged
 from skills import Answer, Done, Pick, Place, Push, SkillLibrary, SkillParseError, parse
-from skills.robot import ObjectInfo, Workspace
+from skills.robot import Workspace
 from skills.vocab import ANSWERS, all_calls
 
 log = logging.getLogger("embodied_lm.ros")
@@ -92,22 +91,6 @@ def _make_ros(host: str, port: int, heartbeat_s: float):
             super().connect()
 
     return _Ros(host, port, transport="asyncio")
-
-
-class _PerceivedRobot:
-    """``skills.robot.Robot`` over the perceived scene: enough for ``SkillLibrary.check`` (valid_actions)."""
-
-    def __init__(self, objects: dict[str, ObjectInfo], held: str | None, workspace: Workspace):
-        self._objects, self._held, self.workspace = objects, held, workspace
-
-    def objects(self) -> dict[str, ObjectInfo]:
-        return self._objects
-
-    def held(self) -> str | None:
-        return self._held
-
-    def __getattr__(self, name: str):  # motion is the robot's business, not the checker's
-        raise NotImplementedError(f"_PerceivedRobot.{name}: only checks are possible off the robot")
 
 
 class RosEmbodiment:
@@ -374,23 +357,16 @@ class RosEmbodiment:
         return obs
 
     def _build_obs(self, got: dict[str, _Msg]) -> dict[str, Any]:
-        from sensors.segmentation import segment_objects
-
         cfg = self.config
         obs: dict[str, Any] = {}
-        dets, down, cams = {}, {}, {}
+        cams = {}
         for cam in cfg.cameras:
-            rgb, depth = got[f"rgb_{cam.name}"].value, got[f"depth_{cam.name}"].value
             K = got[f"info_{cam.name}"].value[0]
             T = np.asarray(cam.world_from_camera, float) if cam.world_from_camera is not None \
                 else got[f"pose_{cam.name}"].value
-            cams[cam.name] = (rgb, depth, K, T)
-            depth_clean = np.nan_to_num(depth, nan=0.0)  # no return -> 0 (dropped by the cloud builder)
-            kw = {"workspace": (cfg.table_x, cfg.table_y)} | cfg.segmentation
-            dets[cam.name] = segment_objects(rgb, depth_clean, K, T, **kw)
-            down[cam.name] = looks_down(T)
+            cams[cam.name] = (got[f"rgb_{cam.name}"].value, got[f"depth_{cam.name}"].value, K, T)
         ee = got["ee"].value[:3, 3] if "ee" in got else None
-        slots = self.tracker.update(fuse_detections(dets, down), ee)
+        slots = self.tracker.update(perceive(cams, (cfg.table_x, cfg.table_y), cfg.segmentation), ee)
         for cam, (rgb, depth, K, T) in cams.items():
             obs[f"rgb_{cam}"] = rgb
             obs[f"depth_{cam}"] = depth.astype(np.float32)
@@ -651,16 +627,11 @@ class RosEmbodiment:
         a question, its answers: they come with the episode (the sim's reset reply or ``options["answers"]``)."""
         if self._answers:
             return [f"answer {a}" for a in self._answers]
-        slots = self.tracker.slots
-        infos = object_infos({k: o for k, o in slots.items() if not o.held})
-        held = f"obj_{self.tracker.held + 1}" if self.tracker.held is not None else None
-        if held is not None:
-            h = slots[self.tracker.held]
-            infos[held] = ObjectInfo(held, h.kind, h.color, np.asarray(h.position, float), 0.0, h.size, h.height)
-        robot = _PerceivedRobot(infos, held, Workspace(self.config.table_x, self.config.table_y))
+        robot = PerceivedRobot.of(self.tracker, Workspace(self.config.table_x, self.config.table_y))
+        infos = robot.objects()
         names = sorted(infos, key=lambda n: int(n.split("_")[1]))
         out = []
-        for call in map(parse, all_calls(names, [infos[n].kind for n in names], held, answers=False)):
+        for call in map(parse, all_calls(names, [infos[n].kind for n in names], robot.held(), answers=False)):
             if self.skills.check(call, robot) is not None:
                 continue
             try:

@@ -1,4 +1,5 @@
-"""From RGB-D detections to the sim's object-centric observation, with no ground truth.
+"""From RGB-D images to the sim's object-centric observation, with no ground truth: the perception that
+both a robot (``embodied_lm.ros``) and the sim observed like one (``EnvConfig.perception``) plan from.
 
 ``sensors.segmentation.segment_objects`` gives one cluster per connected blob seen by ONE camera.  A
 robot needs more than that for the ``objects`` (16, 12) rows the sim provides, so this module fuses
@@ -25,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from skills import scene, vocab
-from skills.robot import ObjectInfo
+from skills.robot import ObjectInfo, Workspace
 from skills.vocab import BLOCK_SIZE, COLOR_NAMES, Col
 
 _RGB = np.array([vocab.COLORS[c][:3] for c in COLOR_NAMES], np.float64)  # (C, 3)
@@ -235,6 +236,49 @@ def fuse_detections(dets_by_camera: Mapping[str, Sequence],
                 rgb = side_col[band].mean(0) if band.sum() >= 3 else fallback
             blocks.append(PerceivedObject("block", color_name(rgb), np.array([*xy, zc]), BLOCK_SIZE, BLOCK_SIZE))
     return bowls + blocks
+
+
+def perceive(frames: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]],
+             workspace: tuple[tuple[float, float], tuple[float, float]],
+             segmentation: Mapping | None = None) -> list[PerceivedObject]:
+    """Objects in one set of views: ``frames[cam]`` = (rgb (H, W, 3) uint8, depth (H, W) metres, NaN or 0 =
+    no return, K (3, 3), world_from_camera (4, 4)); ``workspace`` the table's (x, y) ranges;
+    ``segmentation`` extra ``segment_objects`` kwargs."""
+    from sensors.segmentation import segment_objects
+
+    dets, down = {}, {}
+    for cam, (rgb, depth, K, T) in frames.items():
+        kw = {"workspace": workspace} | dict(segmentation or {})
+        dets[cam] = segment_objects(rgb, np.nan_to_num(depth, nan=0.0), K, T, **kw)
+        down[cam] = looks_down(T)
+    return fuse_detections(dets, down)
+
+
+class PerceivedRobot:
+    """``skills.robot.Robot`` over a perceived scene: enough for ``SkillLibrary.check`` (valid actions)."""
+
+    def __init__(self, objects: dict[str, ObjectInfo], held: str | None, workspace: Workspace):
+        self._objects, self._held, self.workspace = objects, held, workspace
+
+    def objects(self) -> dict[str, ObjectInfo]:
+        return self._objects
+
+    def held(self) -> str | None:
+        return self._held
+
+    def __getattr__(self, name: str):  # motion is the robot's business, not the checker's
+        raise NotImplementedError(f"PerceivedRobot.{name}: only checks are possible off the robot")
+
+    @classmethod
+    def of(cls, tracker: SlotTracker, workspace: Workspace) -> PerceivedRobot:
+        """The tracker's scene: its objects on the table and the one it believes held."""
+        slots = tracker.slots
+        infos = object_infos({k: o for k, o in slots.items() if not o.held})
+        held = f"obj_{tracker.held + 1}" if tracker.held is not None and tracker.held in slots else None
+        if held is not None:
+            h = slots[tracker.held]
+            infos[held] = ObjectInfo(held, h.kind, h.color, np.asarray(h.position, float), 0.0, h.size, h.height)
+        return cls(infos, held, workspace)
 
 
 def object_infos(slots: Mapping[int, PerceivedObject]) -> dict[str, ObjectInfo]:
