@@ -289,6 +289,11 @@ class RunConfig:
         if kind == "ros" and any(self.eval.faults.values()):
             raise ConfigError("eval.faults are the sim's: a robot's faults are its own (the sim-backed endpoint "
                               "takes --fault KIND=P)")
+        if self.sensors.name == "perceived" and (
+                ("collect" in self.stages and not self.collect.perception)
+                or ("eval" in self.stages and kind == "sim" and not self.eval.perception)):
+            raise ConfigError("sensors=perceived plans from perception: it needs collect.perception=true and "
+                              "eval.perception=true (the sensors=perceived group sets both)")
         if kind == "ros" and (self.eval.perception or self.eval.jitter):
             raise ConfigError("eval.perception and eval.jitter are the sim's: a robot observes through its own "
                               "perception and cameras")

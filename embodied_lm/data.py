@@ -108,8 +108,8 @@ def encoder_keys(reader, encoder, path) -> set[str]:
     except ValueError as e:
         if "obs: missing" not in str(e):
             raise
-        raise ValueError(f"{path}: the {encoder.name!r} encoder cannot read this store ({e}); record the "
-                         "demonstrations with images (collect.images=true)") from None
+        raise ValueError(f"{path}: the {encoder.name!r} encoder cannot read this store ({e}); "
+                         f"{encoder.store_hint}") from None
     frames = sorted(k for k in probe.used if k.startswith(("rgb_", "depth_", "mask_")))
     if frames and reader.attrs.get("images") is False:
         raise ValueError(f"{path}: the {encoder.name!r} encoder reads {', '.join(frames)}, but this store was "

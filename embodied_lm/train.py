@@ -70,19 +70,20 @@ def pretrain_relations(model: EmbodiedLM, examples: list[Example], cfg: TrainCon
         return {}
     from sensors import collate as collate_sensors
 
-    objects = collate_sensors([o for e in examples for o in e.observations])["objects"]  # (E, N, 12)
+    scenes = collate_sensors([o for e in examples for o in e.observations])  # "objects" (E, N, 12), ...
     heads = model.relation_heads.parameters() if model.relation_heads is not None else []
     params = [*model.encoder.parameters(), *model.projector.parameters(), *heads]
     opt = torch.optim.AdamW(params, lr=3e-3)
     rng = np.random.default_rng([cfg.seed, 1])
     for _ in range(cfg.relation_steps):
-        ob = objects[rng.integers(len(objects), size=128)].to(device)
-        enc, tokens, pointers, _ = model.encode({"objects": ob})
-        loss = model.relation_loss(enc, tokens, pointers, ob)
+        pick = rng.integers(len(scenes["objects"]), size=128)
+        ob = {k: v[pick].to(device) for k, v in scenes.items()}
+        enc, tokens, pointers, _ = model.encode(ob)
+        loss = model.relation_loss(enc, tokens, pointers, ob["objects"])
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
-    return model.relation_accuracy({"objects": objects[:1024].to(device)})
+    return model.relation_accuracy({k: v[:1024].to(device) for k, v in scenes.items()})
 
 
 def batch_sampler(examples: list[Example], cfg: TrainConfig):

@@ -15,12 +15,12 @@ from sensors.object_centric import ObjectConfig, ObjectEncoder
 from sensors.pointcloud import PointCloudConfig, PointCloudEncoder
 from sensors.projectors import build_projector
 from sensors.segmentation import Detection, assign_to_slots, backproject, segment_objects
-from sensors.state import StateConfig, StateEncoder
+from sensors.state import PerceivedEncoder, StateConfig, StateEncoder
 from sensors.vit import ViTConfig, ViTEncoder
 
 __all__ = [
     "ENCODERS", "MAX_OBJECTS", "Detection", "Encoder", "EncoderConfig", "ImageConfig", "ObjectConfig",
-    "ObjectEncoder", "PointCloudConfig", "PointCloudEncoder", "StateConfig", "StateEncoder", "ViTConfig",
-    "ViTEncoder", "assign_to_slots", "backproject", "build_encoder", "build_projector", "collate",
+    "ObjectEncoder", "PerceivedEncoder", "PointCloudConfig", "PointCloudEncoder", "StateConfig", "StateEncoder",
+    "ViTConfig", "ViTEncoder", "assign_to_slots", "backproject", "build_encoder", "build_projector", "collate",
     "register_encoder", "segment_objects",
 ]

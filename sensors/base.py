@@ -86,6 +86,8 @@ class ImageConfig(EncoderConfig):
 class Encoder(nn.Module):
     name: ClassVar[str]
     kind: ClassVar[str]  # "image" | "objects"
+    # how to record demonstrations this encoder can read (the error for a store that lacks its keys)
+    store_hint: ClassVar[str] = "record the demonstrations with images (collect.images=true)"
     config_cls: ClassVar[type[EncoderConfig]]
 
     def __init__(self, config: EncoderConfig):

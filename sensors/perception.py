@@ -48,6 +48,7 @@ class PerceivedObject:
     size: float
     height: float
     held: bool = False
+    rgb: tuple[float, float, float] | None = None  # measured mean colour, 0..1 (None: the named colour's)
 
 
 def color_indices(rgb: np.ndarray) -> np.ndarray:
@@ -179,8 +180,13 @@ def _bowls(walls: list) -> list[PerceivedObject]:
         cols = np.concatenate([m.colors for m in members])
         centre = (lo[:2] + hi[:2]) / 2
         color = color_name(cols.mean(0))
-        out.append(PerceivedObject("bowl", color, np.array([*centre, 0.0]), vocab.BOWL_SIZE, vocab.BOWL_HEIGHT))
+        out.append(PerceivedObject("bowl", color, np.array([*centre, 0.0]), vocab.BOWL_SIZE, vocab.BOWL_HEIGHT,
+                                   rgb=_rgb(cols.mean(0))))
     return out
+
+
+def _rgb(v) -> tuple[float, float, float]:
+    return tuple(float(c) for c in np.clip(np.asarray(v, np.float64).reshape(3), 0.0, 1.0))
 
 
 def fuse_detections(dets_by_camera: Mapping[str, Sequence],
@@ -234,7 +240,8 @@ def fuse_detections(dets_by_camera: Mapping[str, Sequence],
                 band = np.abs(side_pts[:, 2] - zc) < 0.012
                 fallback = side_col.mean(0) if len(side_col) else a.mean_rgb
                 rgb = side_col[band].mean(0) if band.sum() >= 3 else fallback
-            blocks.append(PerceivedObject("block", color_name(rgb), np.array([*xy, zc]), BLOCK_SIZE, BLOCK_SIZE))
+            blocks.append(PerceivedObject("block", color_name(rgb), np.array([*xy, zc]), BLOCK_SIZE, BLOCK_SIZE,
+                                          rgb=_rgb(rgb)))
     return bowls + blocks
 
 
@@ -299,6 +306,15 @@ def objects_array(slots: Mapping[int, PerceivedObject]) -> np.ndarray:
         row = arr[k]
         row[Col.PRESENT], row[Col.KIND], row[Col.COLOR] = 1, vocab.KINDS.index(o.kind), COLOR_NAMES.index(o.color)
         row[Col.XYZ], row[Col.QUAT], row[Col.SUPPORT], row[Col.SIZE] = o.position, (0, 0, 0, 1), support, o.size
+    return arr
+
+
+def object_colors(slots: Mapping[int, PerceivedObject]) -> np.ndarray:
+    """(MAX_OBJECTS, 3) float32: each perceived object's measured mean colour (0..1), row k = obj_{k+1}
+    (``obs["object_rgb"]``: what an encoder that does not trust the colour names reads)."""
+    arr = np.zeros((vocab.MAX_OBJECTS, 3), np.float32)
+    for k, o in slots.items():
+        arr[k] = o.rgb if o.rgb is not None else vocab.COLORS[o.color][:3]
     return arr
 
 

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from sensors.base import Cameras, Encoder, EncoderConfig, Obs, get_objects, register_encoder
+from sensors.base import Cameras, Encoder, EncoderConfig, Obs, get_objects, get_obs, register_encoder
 from sensors.layers import mlp
 from skills.vocab import COLOR_NAMES, KINDS, Col
 
@@ -71,6 +71,7 @@ class StateEncoder(Encoder):
     kind = "objects"
     config_cls = StateConfig
     relation_targets = True  # object k's tokens come from row k of obs["objects"]: the anchor loss applies
+    node_inputs = NODE_FEATURES
 
     @property
     def tokens_per_object(self) -> int:
@@ -83,7 +84,7 @@ class StateEncoder(Encoder):
     def __init__(self, config: StateConfig):
         super().__init__(config)
         c = config
-        self.node = mlp([NODE_FEATURES, c.hidden, c.hidden])
+        self.node = mlp([self.node_inputs, c.hidden, c.hidden])
         if c.relational:
             # Edge message from neighbour j to object i: its relative position and what j is.
             self.edge = mlp([EDGE_FEATURES + c.hidden, c.hidden, c.hidden])
@@ -106,11 +107,16 @@ class StateEncoder(Encoder):
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
         return {"objects": get_objects(obs).astype(np.float32)}
 
-    def _nodes(self, objects: Tensor) -> tuple[Tensor, Tensor, Tensor | None]:
+    def node_features(self, batch: dict[str, Tensor]) -> Tensor:
+        """-> (B, N, node_inputs) per-object inputs."""
+        return object_features(batch["objects"].float(), self.center, self.config.xyz_scale)
+
+    def _nodes(self, batch: dict[str, Tensor]) -> tuple[Tensor, Tensor, Tensor | None]:
         """(B, N, 12) rows -> node states (B, N, H), present (B, N), pair geometry (B, N, N, 4) or None."""
         c = self.config
+        objects = batch["objects"].float()
         present = objects[..., Col.PRESENT] > 0.5  # (B, N)
-        h = self.node(object_features(objects, self.center, c.xyz_scale))  # (B, N, H)
+        h = self.node(self.node_features(batch))  # (B, N, H)
         if not c.relational:
             return h, present, None
         xyz = objects[..., Col.XYZ] / c.rel_scale  # (B, N, 3)
@@ -134,7 +140,7 @@ class StateEncoder(Encoder):
         (B, N, F, 3 + N): per object and fact, over POINTER_SPECIALS then the objects; what a fact cannot
         point at (an absent object, "hand" for top) is -inf."""
         c = self.config
-        h, present, rel = self._nodes(batch["objects"].float())
+        h, present, rel = self._nodes(batch)
         B, N, _ = h.shape
         m = c.tokens_per_object
         tokens = (self.out(h) * present[..., None]).reshape(B, N * m, c.dim)  # absent objects are zero
@@ -147,3 +153,31 @@ class StateEncoder(Encoder):
         special = self.special(h).reshape(B, N, *self.special_allowed.shape)  # (B, N, F, 3)
         special = special.masked_fill(~self.special_allowed, float("-inf"))
         return tokens, mask, torch.cat([special, to_obj], -1)  # (B, N, F, 3 + N)
+
+
+def color_features(rgb: Tensor) -> Tensor:
+    """(B, N, 3) measured colours 0..1 -> (B, N, 7): rgb, chromaticity (shading-free) and log brightness."""
+    total = rgb.sum(-1, keepdim=True)
+    return torch.cat([rgb, rgb / total.clamp_min(1e-3), torch.log(total.clamp_min(1e-3) / 3)], -1)
+
+
+@register_encoder("perceived")
+class PerceivedEncoder(StateEncoder):
+    """``state``'s machinery (relational block, colour anchor, referral pointers) over what a robot's
+    perception gives (``sensors.perception`` on RGB-D images: ``EnvConfig.perception`` in the sim, the ROS
+    bridge on a robot): per object its kind, back-projected position and size, and its *measured* mean
+    colour ``obs["object_rgb"]`` -- not the perception's colour name, so the colour word is learned from
+    pixels (the anchor loss) and an object of a colour the palette lacks still gets a token."""
+
+    node_inputs = NODE_FEATURES - len(COLOR_NAMES) + 7
+    store_hint = "record the demonstrations observed like a robot (collect.perception=true)"
+
+    def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
+        rgb = get_obs(obs, "object_rgb", (16, 3), (np.float32, np.float64))
+        return {"objects": get_objects(obs).astype(np.float32), "object_rgb": rgb.astype(np.float32)}
+
+    def node_features(self, batch: dict[str, Tensor]) -> Tensor:
+        full = super().node_features(batch)  # (B, N, 18): kind, colour one-hot, xyz, yaw, size
+        k = len(KINDS)
+        return torch.cat([full[..., :k], color_features(batch["object_rgb"].float()),
+                          full[..., k + len(COLOR_NAMES):]], -1)  # (B, N, 15)

@@ -6,7 +6,8 @@ positions + end-effector xyz + quaternion xyzw; ``objects`` (16, 12) float32 (se
 ``World.object_array``); ``instruction`` text.
 
 ``EnvConfig.perception``: the sim observed like a robot (``sim.perceived``): ``objects`` are the
-perception's rows from the RGB-D images, ``obj_k`` its names (in calls and instructions), no ``mask_*``.
+perception's rows from the RGB-D images (``object_rgb`` (16, 3): their measured colours), ``obj_k`` its
+names (in calls and instructions), no ``mask_*``.
 ``EnvConfig.jitter``: cameras moved and relit per episode (``sim.camera.Jitter``).
 
 A bad action (unparsable, unknown object, impossible now) is a failed step, never an exception.
@@ -95,6 +96,8 @@ class TabletopEnv(gym.Env):
                 obs[f"mask_{cam}"] = spaces.Box(-1, MAX_OBJECTS, (h, w), np.int16)
         obs["robot"] = spaces.Box(-np.inf, np.inf, (16,), np.float32)
         obs["objects"] = spaces.Box(-np.inf, np.inf, (MAX_OBJECTS, OBJECT_FEATURES), np.float32)
+        if self.config.perception:
+            obs["object_rgb"] = spaces.Box(0.0, 1.0, (MAX_OBJECTS, 3), np.float32)
         obs["instruction"] = spaces.Text(MAX_TEXT, charset=CHARSET)
         self.observation_space = spaces.Dict(obs)
         self.action_space = spaces.Text(128, charset=CHARSET)
@@ -256,7 +259,7 @@ class TabletopEnv(gym.Env):
             frames[cam] = (frame["rgb"], frame["depth"], np.asarray(params["K"]),
                            np.asarray(params["world_from_camera"]))
         obs["robot"] = self.world.robot.state()
-        obs["objects"] = self.perceived.observe(frames, obs["robot"][9:12])
+        obs["objects"], obs["object_rgb"] = self.perceived.observe(frames, obs["robot"][9:12])
         obs["instruction"] = self.instruction
         return obs
 

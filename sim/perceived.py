@@ -1,8 +1,9 @@
 """The sim observed like a robot (``EnvConfig.perception``): nothing privileged reaches the planner.
 
 Objects come from the project's perception (``sensors.perception``: segmentation of the rendered RGB-D
-images, multi-camera fusion, a slot tracker), so ``obs["objects"]`` holds the perceived rows and ``obj_k``
-is the perception's name; segmentation masks are not observed.  Between the planner and the sim:
+images, multi-camera fusion, a slot tracker), so ``obs["objects"]`` holds the perceived rows (and
+``obs["object_rgb"]`` their measured colours) and ``obj_k`` is the perception's name; segmentation masks
+are not observed.  Between the planner and the sim:
 
 * a call naming perceived objects is resolved to sim objects by position (what a robot acting on poses
   does; the ROS sim endpoint does the same), and a name the perception does not know fails the step;
@@ -16,7 +17,7 @@ import re
 
 import numpy as np
 
-from sensors.perception import PerceivedRobot, SlotTracker, objects_array, perceive
+from sensors.perception import PerceivedRobot, SlotTracker, object_colors, objects_array, perceive
 from skills.robot import Workspace
 
 OBJ = re.compile(r"obj_\d+")
@@ -33,9 +34,11 @@ class PerceivedScene:
     def reset(self) -> None:
         self.tracker.reset()
 
-    def observe(self, frames: dict, ee: np.ndarray) -> np.ndarray:
-        """``frames[cam]`` = (rgb, depth, K, world_from_camera) -> the perceived (16, 12) object rows."""
-        return objects_array(self.tracker.update(perceive(frames, self.table), ee))
+    def observe(self, frames: dict, ee: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``frames[cam]`` = (rgb, depth, K, world_from_camera) -> the perceived (16, 12) object rows and
+        their measured colours (16, 3)."""
+        slots = self.tracker.update(perceive(frames, self.table), ee)
+        return objects_array(slots), object_colors(slots)
 
     def robot(self) -> PerceivedRobot:
         return PerceivedRobot.of(self.tracker, self.workspace)

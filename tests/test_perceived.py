@@ -42,7 +42,8 @@ def test_a_planner_cannot_read_privileged_state(env, monkeypatch):
     monkeypatch.setattr(World, "render",
                         lambda self, cam: {k: v for k, v in render(self, cam).items() if k != "mask"})
     obs, info = env.reset(options={"spec": STACK})
-    assert set(obs) == {"rgb_top", "depth_top", "rgb_front", "depth_front", "robot", "objects", "instruction"}
+    assert set(obs) == {"rgb_top", "depth_top", "rgb_front", "depth_front", "robot", "objects", "object_rgb",
+                        "instruction"}
     assert not any(k.startswith("mask_") for k in env.observation_space)
     assert obs["objects"][:, Col.PRESENT].sum() == 4
     for _ in range(3):

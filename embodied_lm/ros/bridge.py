@@ -47,6 +47,7 @@ from sensors.perception import (
     PerceivedObject,
     PerceivedRobot,
     SlotTracker,
+    object_colors,
     objects_array,
     perceive,
     render_mask,
@@ -379,6 +380,7 @@ class RosEmbodiment:
             robot[12:16] = rm.matrix_to_quat(T[:3, :3])
         obs["robot"] = robot
         obs["objects"] = objects_array(slots)
+        obs["object_rgb"] = object_colors(slots)
         obs["instruction"] = self._instruction
         return obs
 
