@@ -129,3 +129,23 @@ def test_the_oracle_succeeds_through_perception_with_jittered_cameras():
         assert info["success"]
     finally:
         e.close()
+
+
+def test_the_perceived_encoder_reads_measured_colours_not_colour_names(env):
+    import torch
+
+    from sensors import build_encoder, collate
+
+    obs, _ = env.reset(options={"spec": STACK})
+    enc = build_encoder("perceived", dim=32, hidden=32, pointers=["support", "above", "top"])
+    batch = collate([enc.preprocess(obs, {})])
+    with torch.no_grad():
+        tokens, mask = enc(batch)
+        assert tokens.shape == (1, 16, 32) and mask.sum() == 4
+        renamed = dict(batch, objects=batch["objects"].clone())
+        renamed["objects"][..., Col.COLOR] = 0  # every colour name "red": the encoder does not read names
+        assert torch.equal(enc(renamed)[0], tokens)
+        recoloured = dict(batch, object_rgb=batch["object_rgb"].flip(-1))
+        assert not torch.allclose(enc(recoloured)[0][mask], tokens[mask])
+    with pytest.raises(ValueError, match=r"^obs: missing 'object_rgb'"):
+        enc.preprocess({k: v for k, v in obs.items() if k != "object_rgb"}, {})
