@@ -31,9 +31,9 @@ from sim.tasks import generate_specs
 
 
 @contextlib.contextmanager
-def embodiment(kind: str, faults: dict[str, float], images: bool):
+def embodiment(kind: str, faults: dict[str, float], images: bool, perception: bool = False):
     if kind == "sim":
-        env = TabletopEnv(EnvConfig(faults=faults, observe_images=images))
+        env = TabletopEnv(EnvConfig(faults=faults, observe_images=images or perception, perception=perception))
         try:
             yield env, None
         finally:
@@ -72,7 +72,8 @@ def main(argv: list[str] | None = None) -> None:
     for detect in (False, True):
         planner = EmbodiedLMPlanner(model=model, detect=detect)
         t0 = time.perf_counter()
-        with embodiment(args.embodiment, faults, model.cfg.sensors != "state") as (env, ep):
+        with embodiment(args.embodiment, faults, model.cfg.sensors != "state",
+                        model.cfg.sensors == "perceived") as (env, ep):
             rows = evaluate(env, planner, specs, progress=True)
             in_rows = sum(len(r.extra.get("faults", [])) for r in rows)
             injected = len(ep.stats.faults) if ep is not None else in_rows

@@ -98,6 +98,7 @@ class EvalConfig:
     progress: bool = True
     faults: dict[str, float] = field(default_factory=lambda: dict(NO_FAULTS))  # sim.faults in eval episodes (sim)
     # observe like a robot (sim.perceived): objects from perception on the images, its obj_k names, no masks
+    # (a robot, embodiment=ros, always does)
     perception: bool = False
     jitter: bool = False  # cameras moved (+-2 cm, +-3 deg) and relit per episode (sim.camera.Jitter)
     # a model trained on transition questions: oracle episodes per family x level (test seeds, with
@@ -294,9 +295,14 @@ class RunConfig:
                 or ("eval" in self.stages and kind == "sim" and not self.eval.perception)):
             raise ConfigError("sensors=perceived plans from perception: it needs collect.perception=true and "
                               "eval.perception=true (the sensors=perceived group sets both)")
-        if kind == "ros" and (self.eval.perception or self.eval.jitter):
-            raise ConfigError("eval.perception and eval.jitter are the sim's: a robot observes through its own "
-                              "perception and cameras")
+        if self.sensors.name == "object" and (self.collect.perception or self.eval.perception):
+            raise ConfigError("sensors=object pools image features inside the sim's masks, which "
+                              "collect/eval.perception hide: use sensors=perceived or pointcloud")
+        if self.collect.jitter and self.sensors.name in ("object", "pointcloud"):
+            raise ConfigError(f"collect.jitter moves the cameras per episode, but a store records one calibration "
+                              f"and sensors={self.sensors.name} back-projects with it")
+        if kind == "ros" and self.eval.jitter:
+            raise ConfigError("eval.jitter moves the sim's cameras: a robot's cameras are its own")
         if self.collect.images is False and self.collect.perception and "collect" in self.stages:
             raise ConfigError("collect.perception reads camera images: it cannot run with collect.images=false")
         if kind == "ros":

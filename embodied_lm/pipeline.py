@@ -194,7 +194,8 @@ def transition_stage(cfg: RunConfig, model, run_dir: Path) -> dict[str, Any]:
     faults = cfg.eval.faults if any(cfg.eval.faults.values()) else cfg.collect.faults
     levels = [lv for lv in cfg.eval.levels if lv in ("L1", "L2")] or ["L1"]
     specs = generate_specs(cfg.collect.families, levels, cfg.eval.transition_episodes, cfg.seed, "test")
-    env = TabletopEnv(make_env_config(cfg, model.cfg.sensors != "state", faults, cfg.eval.perception))
+    env = TabletopEnv(make_env_config(cfg, model.cfg.sensors != "state", faults, cfg.eval.perception,
+                                      cfg.eval.jitter))
     t0 = time.perf_counter()
     try:
         metrics, rows = evaluate_transitions(model, env, specs, model.cfg.transitions, cfg.decode.precision,

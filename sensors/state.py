@@ -173,6 +173,9 @@ class PerceivedEncoder(StateEncoder):
     store_hint = "record the demonstrations observed like a robot (collect.perception=true)"
 
     def preprocess(self, obs: Obs, cameras: Cameras) -> dict[str, np.ndarray]:
+        if isinstance(obs, dict) and "object_rgb" not in obs:
+            raise ValueError(f"obs: missing 'object_rgb' (has {sorted(obs)}): the perceived encoder plans from "
+                             "perception (EnvConfig(perception=True), eval.perception=true, or a ROS robot)")
         rgb = get_obs(obs, "object_rgb", (16, 3), (np.float32, np.float64))
         return {"objects": get_objects(obs).astype(np.float32), "object_rgb": rgb.astype(np.float32)}
 

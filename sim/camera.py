@@ -50,7 +50,8 @@ class Jitter:
     sim's).  Each camera's eye and target move by up to ``position`` m per axis and its view turns by up to
     ``angle_deg`` about a random axis (the reported extrinsics follow: a calibrated camera); the light
     comes from a random direction with ambient / diffuse coefficients scaled by 1 +- ``light``; each RGB
-    channel gains 1 +- ``color``."""
+    channel gains 1 +- ``color``.  (PyBullet's OpenGL path, ``renderer=egl``, ignores the light; the
+    default TinyRenderer honours it.)"""
 
     position: float = 0.02
     angle_deg: float = 3.0

@@ -59,7 +59,10 @@ class EnvConfig:
 
     def __post_init__(self) -> None:
         if isinstance(self.jitter, dict):
-            self.jitter = Jitter(**self.jitter)
+            try:
+                self.jitter = Jitter(**self.jitter)
+            except TypeError as e:
+                raise ValueError(f"EnvConfig.jitter: {e}") from None
         if self.perception and not self.observe_images:
             raise ValueError("EnvConfig.perception needs observe_images=True: perception reads the images")
         if self.families is not None:
@@ -134,14 +137,15 @@ class TabletopEnv(gym.Env):
         if self.episode is None:
             raise RuntimeError("call reset() before step()")
         steps0 = self.world.steps
-        said = action
+        said, names = action, {}
         if self.perceived is not None:
-            action, why = self.perceived.to_sim(action, self.world.object_infos(), self.world.robot.held())
-            if action is None:  # a name the perception does not know: nothing moves
+            names, why = self.perceived.to_sim(action, self.world.object_infos(), self.world.robot.held())
+            if names is None:  # a name the perception does not know: nothing moves
                 self.steps += 1
                 info = self._info() | {"skill_success": False, "message": f"{said}: {why}", "skill_time": 0.0,
-                                       "success": False, "physics_steps": 0, "fault": None}
+                                       "success": self.success(), "physics_steps": 0, "fault": None}
                 return self._observe(), 0.0, False, self.steps >= self.episode.max_steps, info
+            action = self.perceived.rename(action, names)
         fault = self._draw_fault(action)
         self.world.robot.fault = fault
         try:
@@ -149,9 +153,12 @@ class TabletopEnv(gym.Env):
         finally:
             self.world.robot.fault = None
         self.steps += 1
-        if self.perceived is not None and isinstance(result.call, (Pick, Place)):
-            slot = int(said.split()[1][4:]) - 1
-            self.perceived.after(type(result.call).__name__.lower(), slot, result.success)
+        message = result.message
+        if self.perceived is not None:
+            if isinstance(result.call, (Pick, Place)):
+                slot = int(said.split()[1][4:]) - 1
+                self.perceived.after(type(result.call).__name__.lower(), slot, self.world.robot.held() is not None)
+            message = self.perceived.rename(message, {v: k for k, v in names.items()})  # the planner's names
         call = result.call
         terminated = isinstance(call, (Answer, Done))
         if isinstance(call, Answer):
@@ -159,7 +166,7 @@ class TabletopEnv(gym.Env):
         success = self.success()
         truncated = not terminated and self.steps >= self.episode.max_steps
         reward = 1.0 if terminated and success else 0.0
-        info = self._info() | {"skill_success": result.success, "message": self._from_sim(result.message),
+        info = self._info() | {"skill_success": result.success, "message": message,
                                "skill_time": result.sim_time, "success": success,
                                "physics_steps": self.world.steps - steps0,
                                "fault": fault.kind if fault is not None else None}
@@ -271,4 +278,5 @@ class TabletopEnv(gym.Env):
     def _info(self) -> dict[str, Any]:
         ep = self.episode
         return {"spec": ep.spec.to_dict(), "instruction": self.instruction, "step": self.steps,
-                "max_steps": ep.max_steps, "sim_time": self.world.sim_time, "held": self.world.robot.held()}
+                "max_steps": ep.max_steps, "sim_time": self.world.sim_time,
+                "held": self.world.robot.held() if self.perceived is None else self.perceived.held_name()}

@@ -43,19 +43,29 @@ class PerceivedScene:
     def robot(self) -> PerceivedRobot:
         return PerceivedRobot.of(self.tracker, self.workspace)
 
-    def after(self, verb: str, slot: int | None, ok: bool) -> None:
-        """A skill ran: the gripper's content changed after a pick (``slot``) or a place that worked."""
-        if ok and verb == "pick":
+    def after(self, verb: str, slot: int, holding: bool) -> None:
+        """A pick or place ran; ``holding``: whether the gripper holds something now (its finger width, on a
+        robot).  A pick that holds marks ``slot`` held; a place that let go (even a dropped or toppled
+        block) releases it, so the next view finds it wherever it landed."""
+        if verb == "pick" and holding:
             self.tracker.mark_held(slot)
-        elif ok and verb == "place":
+        elif verb == "place" and not holding:
             self.tracker.mark_held(None)
 
-    def to_sim(self, action: str, infos: dict, held: str | None) -> tuple[str | None, str]:
-        """Perceived names -> sim names (nearest sim object to the perceived position; the held one is the
-        sim's held one).  Returns (sim action, "ok") or (None, why)."""
+    @staticmethod
+    def rename(text: str, names: dict[str, str]) -> str:
+        """``text`` with every ``obj_k`` in ``names`` replaced by its value."""
+        return OBJ.sub(lambda m: names.get(m.group(), m.group()), text)
+
+    def held_name(self) -> str | None:
+        return f"obj_{self.tracker.held + 1}" if self.tracker.held is not None else None
+
+    def to_sim(self, action: str, infos: dict, held: str | None) -> tuple[dict[str, str] | None, str]:
+        """Perceived names in ``action`` -> sim names: the nearest sim object of the same kind to the
+        perceived position; the held one is the sim's held one.  Returns (the map, "ok") or (None, why)."""
         slots = self.tracker.slots
         names: dict[str, str] = {}
-        for name in set(OBJ.findall(action)):
+        for name in sorted(set(OBJ.findall(action))):
             k = int(name[4:]) - 1
             if k not in slots:
                 known = ", ".join(f"obj_{j + 1}" for j in sorted(slots)) or "none"
@@ -64,27 +74,28 @@ class PerceivedScene:
                 names[name] = held
                 continue
             p = np.asarray(slots[k].position, float)
-            cands = [n for n in infos if n != held]
+            cands = [n for n in infos if n != held and infos[n].kind == slots[k].kind]
             best = min(cands, key=lambda n: float(np.linalg.norm(infos[n].position - p)), default=None)
             if best is None or float(np.linalg.norm(infos[best].position - p)) > self.match_tolerance:
                 return None, f"no object within {self.match_tolerance} m of {name} at {p.round(3).tolist()}"
             names[name] = best
-        return OBJ.sub(lambda m: names.get(m.group(), m.group()), action), "ok"
+        return names, "ok"
 
     def from_sim(self, text: str, infos: dict, held: str | None) -> str:
-        """Sim names in ``text`` -> the perception's names for those objects (nearest perceived object of the
-        same kind; the held one is the tracker's held one).  A sim object nobody perceives keeps its name."""
+        """Sim names in ``text`` -> the perception's names for those objects: pairs of the same kind within
+        ``match_tolerance``, nearest first, one to one; the held one is the tracker's held one.  A sim
+        object the perception has not found keeps its name (a name it cannot resolve)."""
         slots = self.tracker.slots
         names: dict[str, str] = {}
-        for name in set(OBJ.findall(text)):
-            if name not in infos:
-                continue
-            if name == held and self.tracker.held is not None:
-                names[name] = f"obj_{self.tracker.held + 1}"
-                continue
-            o = infos[name]
-            cands = [k for k, s in slots.items() if not s.held and s.kind == o.kind]
-            if cands:
-                k = min(cands, key=lambda k: float(np.linalg.norm(slots[k].position - o.position)))
-                names[name] = f"obj_{k + 1}"
-        return OBJ.sub(lambda m: names.get(m.group(), m.group()), text)
+        wanted = [n for n in sorted(set(OBJ.findall(text))) if n in infos]
+        if held in wanted and self.tracker.held is not None:
+            names[held] = self.held_name()
+        pairs = sorted((float(np.linalg.norm(slots[k].position - infos[n].position)), n, k)
+                       for n in wanted if n not in names for k, s in slots.items()
+                       if not s.held and s.kind == infos[n].kind)
+        used: set[int] = set()
+        for d, n, k in pairs:
+            if d <= self.match_tolerance and n not in names and k not in used:
+                names[n] = f"obj_{k + 1}"
+                used.add(k)
+        return self.rename(text, names)

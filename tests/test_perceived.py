@@ -149,3 +149,24 @@ def test_the_perceived_encoder_reads_measured_colours_not_colour_names(env):
         assert not torch.allclose(enc(recoloured)[0][mask], tokens[mask])
     with pytest.raises(ValueError, match=r"^obs: missing 'object_rgb'"):
         enc.preprocess({k: v for k, v in obs.items() if k != "object_rgb"}, {})
+
+
+def test_a_dropped_block_keeps_its_name_and_is_not_held():
+    """A faulted place lets go of the block (it fails): the gripper is empty, so the next view finds the
+    block where it fell, under the name it was picked with."""
+    e = TabletopEnv(EnvConfig(perception=True, faults={"drop": 1.0}))
+    try:
+        e.reset(options={"spec": dict(STACK, seed=13)})  # (seed 11 drops it by the robot's base, out of view)
+        pick = e.oracle_action()
+        obs, _, _, _, info = e.step(pick)
+        assert info["skill_success"] and info["held"] == pick.split()[1]
+        name = pick.split()[1]
+        target = next(n for n in (f"obj_{k + 1}" for k in np.flatnonzero(obs["objects"][:, Col.PRESENT] > 0.5))
+                      if n != name and obs["objects"][int(n[4:]) - 1, Col.KIND] == 0)  # another block
+        obs, _, _, _, info = e.step(f"place {name} on {target}")
+        assert info["fault"] == "drop" and not info["skill_success"] and info["held"] is None
+        row = obs["objects"][int(name[4:]) - 1]
+        assert row[Col.PRESENT] == 1 and row[Col.SUPPORT] == 0  # on the table, still obj_k
+        assert obs["objects"][:, Col.PRESENT].sum() == 4
+    finally:
+        e.close()

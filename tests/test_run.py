@@ -49,8 +49,13 @@ def test_bad_values_are_config_errors():
         cfg = compose(config_name="config", overrides=["sensors=vit", "collect.images=false"])
         with pytest.raises(ConfigError, match="collect.images=false but sensors=vit trains on camera images"):
             load_run_config(cfg)
-        cfg = compose(config_name="config", overrides=["embodiment=ros", "eval.perception=true"])
-        with pytest.raises(ConfigError, match="a robot observes through its own perception"):
+        cfg = compose(config_name="config", overrides=["embodiment=ros", "eval.jitter=true"])
+        with pytest.raises(ConfigError, match="a robot's cameras are its own"):
+            load_run_config(cfg)
+        load_run_config(compose(config_name="config", overrides=["embodiment=ros", "sensors=perceived",
+                                                                 "stage=eval"]))  # a robot perceives anyway
+        cfg = compose(config_name="config", overrides=["sensors=object", "eval.perception=true"])
+        with pytest.raises(ConfigError, match="sensors=object pools image features inside the sim's masks"):
             load_run_config(cfg)
         # a value of the wrong type is refused while composing, against the RunConfig schema
         with pytest.raises(Exception, match=r"eval\.episodes"):
