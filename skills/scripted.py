@@ -22,11 +22,18 @@ def _wrap90(a: float) -> float:
     return (a + math.pi / 4) % (math.pi / 2) - math.pi / 4
 
 
+REACH_MARGIN = 0.15  # m beyond the workspace an object can still be reached (a block dropped by the base)
+
+
 def _get(robot: Robot, name: str) -> ObjectInfo:
     objs = robot.objects()
     if name not in objs:
         raise SkillImpossible(f"there is no {name} (objects: {', '.join(sorted(objs))})")
-    return objs[name]
+    o = objs[name]
+    if o.position[2] < -0.03 or not robot.workspace.contains(o.position[:2], -REACH_MARGIN):
+        # e.g. knocked off the table's edge: the arm would chase a falling body
+        raise SkillImpossible(f"{name} is out of reach at {np.round(o.position, 2).tolist()}")
+    return o
 
 
 def _clear(robot: Robot, name: str) -> None:
