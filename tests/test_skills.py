@@ -125,3 +125,13 @@ def test_push_moves_block_into_corner(world):
     assert r.success, r.message
     x, y, _ = next(s["position"] for s in world.state() if s["name"] == "obj_2")
     assert x > 0.58 and y > 0.18
+
+
+def test_an_object_off_the_table_is_out_of_reach(world):
+    """A block knocked off the table's edge falls: a pick of it is refused at once, not chased."""
+    import pybullet as p
+
+    blue = next(o for o in world.objects if o.name == "obj_2")
+    p.resetBasePositionAndOrientation(blue.body, (1.6, 0.0, -0.5), (0, 0, 0, 1), physicsClientId=world.client)
+    r = SkillLibrary().run("pick obj_2", world.robot)
+    assert not r.success and "obj_2 is out of reach" in r.message and r.sim_time == 0.0
