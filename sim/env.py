@@ -125,13 +125,12 @@ class TabletopEnv(gym.Env):
         self.world.jitter(self.config.jitter, np.random.default_rng([spec.seed, 0xCA3]))
         self.steps = 0
         self.answer: str | None = None
-        self.instruction = self.episode.instruction
         if self.perceived is not None:
             self.perceived.reset()
-            obs = self._observe()
-            self.instruction = obs["instruction"] = self._from_sim(self.episode.instruction)
-            return obs, self._info()
-        return self._observe(), self._info()
+        self.instruction = self.episode.instruction
+        obs = self._observe()  # (with perception: the first view names the objects the instruction mentions)
+        self.instruction = obs["instruction"] = self._from_sim(self.episode.instruction)
+        return obs, self._info()
 
     def step(self, action: str):
         if self.episode is None:
