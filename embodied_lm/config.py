@@ -96,6 +96,9 @@ class EvalConfig:
     split: str = "test"  # seeds from the test range (disjoint from train)
     refer: str | None = None  # entity | color | mixed for every level; None = L3 alternates, others entity
     progress: bool = True
+    # episodes one worker runs side by side, the embodied LM's steps decoded in one batch (same rows as one at a
+    # time; a robot, embodiment=ros, runs one)
+    batch: int = 8
     faults: dict[str, float] = field(default_factory=lambda: dict(NO_FAULTS))  # sim.faults in eval episodes (sim)
     # observe like a robot (sim.perceived): objects from perception on the images, its obj_k names, no masks
     # (a robot, embodiment=ros, always does)
@@ -108,8 +111,9 @@ class EvalConfig:
     def __post_init__(self) -> None:
         from sim.tasks import LEVELS, SEED_SPLITS, STYLES
 
-        if self.episodes < 1:
-            raise ConfigError(f"eval.episodes must be >= 1, got {self.episodes}")
+        for k in ("episodes", "batch"):
+            if getattr(self, k) < 1:
+                raise ConfigError(f"eval.{k} must be >= 1, got {getattr(self, k)}")
         bad = [lv for lv in self.levels if lv not in LEVELS]
         if bad or not self.levels:
             raise ConfigError(f"eval.levels must be a non-empty subset of {list(LEVELS)}, got {self.levels}")

@@ -104,3 +104,93 @@ def score_candidates(model, embeds: torch.Tensor, tok, candidates: Sequence[str]
     scores = first[ids[:, 0]]  # (C,)
     tok_lp = logp.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)  # (C, L-1)
     return scores + (tok_lp * mask[:, 1:]).sum(-1)
+
+
+@torch.no_grad()
+def greedy_batch(model, prompts: Sequence[torch.Tensor], tok, tries: Sequence[Trie | None],
+                 max_new: int = 16) -> list[str]:
+    """``greedy`` for several prompts at once: prompt i's embeddings (1, T_i, D), decoded under
+    ``tries[i]``.  One forward serves every row: the prompts are left-padded, and each later forward
+    feeds every row's pending tokens right-padded to the longest (a row with none feeds only padding);
+    padded positions are masked out and position ids count real tokens only, so each row computes what
+    ``greedy`` computes for it alone (up to float summation order)."""
+    from transformers import DynamicCache
+
+    B, D = len(prompts), prompts[0].shape[-1]
+    lens = [p.shape[1] for p in prompts]
+    T = max(lens)
+    device = prompts[0].device
+    embeds = prompts[0].new_zeros((B, T, D))
+    mask = torch.zeros((B, T), dtype=torch.long, device=device)
+    for i, p in enumerate(prompts):
+        embeds[i, T - lens[i]:] = p[0]
+        mask[i, T - lens[i]:] = 1
+    pos = (mask.cumsum(-1) - 1).clamp(min=0)
+    cache = DynamicCache()
+    h = model.body(inputs_embeds=embeds, attention_mask=mask, position_ids=pos, cache=cache,
+                   use_cache=True).last_hidden_state[:, -1]  # (B, D): every row's last prompt position
+    seen = torch.tensor(lens, device=device)  # real tokens per row so far (the next position id)
+    nodes = [t.root if t is not None else None for t in tries]
+    ids: list[list[int]] = [[] for _ in range(B)]
+    pending: list[list[int]] = [[] for _ in range(B)]
+    out: list[str | None] = [None] * B
+    for _ in range(max_new + 1):
+        # advance each open row through forced tokens; note which need logits
+        need = []
+        for i in range(B):
+            while out[i] is None and nodes[i] is not None:
+                allowed = [t for t in nodes[i] if t is not None]
+                if len(allowed) != 1:
+                    break
+                nodes[i] = nodes[i][allowed[0]]
+                if allowed[0] == tok.eos_token_id:
+                    out[i] = nodes[i][None]
+                else:
+                    ids[i].append(allowed[0])
+                    pending[i].append(allowed[0])
+            if out[i] is None:
+                if len(ids[i]) >= max_new:
+                    out[i] = tok.decode(ids[i]).strip()
+                else:
+                    need.append(i)
+        if not need:
+            break
+        if any(pending[i] for i in need):  # feed pending tokens: one right-padded chunk for all rows
+            P = max(len(pending[i]) for i in need)
+            chunk = torch.full((B, P), tok.eos_token_id, dtype=torch.long, device=device)
+            cmask = torch.zeros((B, P), dtype=torch.long, device=device)
+            for i in need:
+                n = len(pending[i])
+                chunk[i, :n] = torch.tensor(pending[i], device=device)
+                cmask[i, :n] = 1
+            cpos = seen[:, None] + (cmask.cumsum(-1) - 1).clamp(min=0)
+            mask = torch.cat([mask, cmask], 1)
+            hs = model.body(inputs_embeds=model.embed(chunk), attention_mask=mask, position_ids=cpos, cache=cache,
+                            use_cache=True).last_hidden_state  # (B, P, D)
+            for i in need:
+                n = len(pending[i])
+                if n:
+                    h[i] = hs[i, n - 1]
+                    seen[i] += n
+                    pending[i] = []
+        logits = model.head(h[need])  # (len(need), V)
+        for row, i in enumerate(need):
+            if nodes[i] is not None:
+                allowed = [t for t in nodes[i] if t is not None]
+                nxt = allowed[int(torch.argmax(logits[row, allowed]))]
+                nodes[i] = nodes[i][nxt]
+                if nxt == tok.eos_token_id:
+                    out[i] = nodes[i][None]
+                    continue
+            else:
+                nxt = int(torch.argmax(logits[row]))
+                if nxt == tok.eos_token_id:
+                    out[i] = tok.decode(ids[i]).strip()
+                    continue
+                if "\n" in tok.decode([nxt]):
+                    ids[i].append(nxt)
+                    out[i] = tok.decode(ids[i]).strip()
+                    continue
+            ids[i].append(nxt)
+            pending[i].append(nxt)
+    return [o if o is not None else tok.decode(i).strip() for o, i in zip(out, ids)]

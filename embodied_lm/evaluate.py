@@ -48,10 +48,21 @@ class EpisodeStep:
     next_obs: dict[str, Any] | None  # the observation after the step; None for a refusal
 
 
-def episode_steps(env: Embodiment, planner: Planner,
-                  spec: EpisodeSpec) -> Generator[EpisodeStep, None, EpisodeRow]:
-    """Drive one episode, yielding each step as it is decided and run (live views watch these);
-    returns the episode's row.  ``run_episode`` is this generator run to its end."""
+@dataclass
+class Decide:
+    """``episode_loop`` asks for the next action on ``obs``; it is sent back ``(action, planner
+    seconds)`` or the planner's ``PlannerRefusal``."""
+
+    obs: dict[str, Any]
+    info: dict[str, Any]
+
+
+def episode_loop(env: Embodiment, planner: Planner,
+                 spec: EpisodeSpec) -> Generator[Decide | EpisodeStep, Any, EpisodeRow]:
+    """One episode with the deciding left to the caller: yields a ``Decide`` for each action (send the
+    answer) and an ``EpisodeStep`` once it ran (``next``); returns the episode's row.  ``planner`` is
+    reset on the first observation and asked for ``episode_extra`` at the end, not to act: one caller
+    (``episode_steps``) acts with it, another (``run_lockstep``) decides for many episodes at once."""
     t0 = time.perf_counter()
     obs, info = env.reset(options={"spec": spec})
     planner.reset(env, obs, info)
@@ -59,17 +70,16 @@ def episode_steps(env: Embodiment, planner: Planner,
     planner_s, ended, physics = 0.0, False, 0
     refused = False
     while True:
-        t = time.perf_counter()
-        try:
-            action = planner.act(obs, info)
-        except PlannerRefusal as e:  # a clear failure, not a guess: no skill runs
+        reply = yield Decide(obs, info)
+        if isinstance(reply, PlannerRefusal):  # a clear failure, not a guess: no skill runs
             plan.append("refuse")
             oks.append(False)
-            msgs.append(f"refused: {e}")
+            msgs.append(f"refused: {reply}")
             refused = True
             yield EpisodeStep(obs, "refuse", False, msgs[-1], info, None)
             break
-        planner_s += time.perf_counter() - t
+        action, seconds = reply
+        planner_s += seconds
         prev = obs
         obs, _, terminated, truncated, info = env.step(action)
         plan.append(action)
@@ -91,6 +101,68 @@ def episode_steps(env: Embodiment, planner: Planner,
     return EpisodeRow(spec.to_dict(), info["instruction"], plan, oks, msgs, success, plan_ok, len(plan),
                       round(float(info["sim_time"]), 3), 1000 * planner_s / max(len(plan), 1),
                       time.perf_counter() - t0, physics, extra)
+
+
+def episode_steps(env: Embodiment, planner: Planner,
+                  spec: EpisodeSpec) -> Generator[EpisodeStep, None, EpisodeRow]:
+    """Drive one episode, yielding each step as it is decided and run (live views watch these);
+    returns the episode's row.  ``run_episode`` is this generator run to its end."""
+    loop = episode_loop(env, planner, spec)
+    msg = next(loop)
+    while True:
+        if isinstance(msg, Decide):
+            t = time.perf_counter()
+            try:
+                action = planner.act(msg.obs, msg.info)
+            except PlannerRefusal as e:
+                msg = loop.send(e)
+                continue
+            msg = loop.send((action, time.perf_counter() - t))
+        else:
+            yield msg
+            try:
+                msg = next(loop)
+            except StopIteration as end:
+                return end.value
+
+
+def act_each(planners: Sequence[Planner], obs: Sequence[dict], infos: Sequence[dict]) -> list:
+    """``run_lockstep``'s decision for planners that cannot batch: each acts alone."""
+    out = []
+    for p, o, i in zip(planners, obs, infos):
+        try:
+            out.append(p.act(o, i))
+        except PlannerRefusal as e:
+            out.append(e)
+    return out
+
+
+def run_lockstep(envs: Sequence[Embodiment], planners: Sequence[Planner], specs: Sequence[EpisodeSpec],
+                 act_batch, record: bool = False) -> tuple[list[EpisodeRow], list | None]:
+    """Episodes ``specs`` side by side, episode i in ``envs[i]`` with ``planners[i]``: each round, every
+    episode still running is decided in one call ``act_batch(planners, obs, infos)`` (a list of actions
+    or ``PlannerRefusal``s, e.g. ``EmbodiedLMPlanner.act_batch``) and its step run.  Each episode's row is
+    what ``run_episode`` gives for it alone (its planner seconds: its share of each batch); with
+    ``record``, also each episode as ``run_episode`` records it (spec order)."""
+    loops = [episode_loop(e, p, s) for e, p, s in zip(envs, planners, specs)]
+    frames: list[list] = [[] for _ in specs]
+    rows: list[EpisodeRow | None] = [None] * len(specs)
+    asks = {i: next(loop) for i, loop in enumerate(loops)}  # episode -> its open Decide
+    while asks:
+        order = sorted(asks)
+        t = time.perf_counter()
+        replies = act_batch([planners[i] for i in order], [asks[i].obs for i in order],
+                            [asks[i].info for i in order])
+        share = (time.perf_counter() - t) / len(order)
+        for i, reply in zip(order, replies):
+            step = loops[i].send(reply if isinstance(reply, PlannerRefusal) else (reply, share))
+            frames[i].append(step.obs)
+            try:
+                asks[i] = next(loops[i])
+            except StopIteration as end:
+                rows[i] = end.value
+                del asks[i]
+    return rows, [_to_record(f, r) for f, r in zip(frames, rows)] if record else None
 
 
 def run_episode(env: Embodiment, planner: Planner, spec: EpisodeSpec, recorder=None) -> EpisodeRow:
@@ -125,15 +197,38 @@ def _to_record(frames: list[dict[str, Any]], row: EpisodeRow):
 
 
 def evaluate(env: Embodiment, planner: Planner, specs: Sequence[EpisodeSpec], recorder=None,
-             progress: bool = True) -> list[EpisodeRow]:
+             progress: bool = True, batch: int = 1, make_env=None) -> list[EpisodeRow]:
+    """Every spec in order.  ``batch`` > 1 (with ``make_env`` for the extra envs): runs of ``batch``
+    consecutive specs go side by side (``run_lockstep``), the planner's steps decided together where
+    it can (``act_batch``: the embodied LM decodes them in one batch); rows are the same."""
     rows = []
-    bar = tqdm(specs, desc=f"eval {planner.name}", unit="ep", disable=not progress, dynamic_ncols=True)
+    bar = tqdm(total=len(specs), desc=f"eval {planner.name}", unit="ep", disable=not progress, dynamic_ncols=True)
     n_ok = 0
-    for spec in bar:
-        row = run_episode(env, planner, spec, recorder)
-        rows.append(row)
-        n_ok += row.success
-        bar.set_postfix(success=f"{n_ok / len(rows):.0%}", refresh=False)
+    if batch > 1 and (make_env is None or not hasattr(planner, "spawn")):
+        batch = 1
+    envs, planners = [env], [planner]
+    try:
+        for start in range(0, len(specs), batch):
+            group = specs[start:start + batch]
+            if batch == 1:
+                done = [run_episode(env, planner, group[0], recorder)]
+            else:
+                while len(envs) < len(group):
+                    envs.append(make_env())
+                    planners.append(planner.spawn())
+                done, episodes = run_lockstep(envs, planners, group, getattr(planner, "act_batch", act_each),
+                                              record=recorder is not None)
+                for episode in episodes or ():
+                    recorder.append(episode)
+            for row in done:
+                rows.append(row)
+                n_ok += row.success
+            bar.update(len(done))
+            bar.set_postfix(success=f"{n_ok / len(rows):.0%}", refresh=False)
+    finally:
+        bar.close()
+        for e in envs[1:]:
+            e.close()
     return rows
 
 

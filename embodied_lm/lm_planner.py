@@ -9,9 +9,9 @@ import torch
 
 from embodied_lm.config import ConfigError, DecodeConfig
 from embodied_lm.data import episode_prompt, present_slots, prompt_text
-from embodied_lm.decode import Trie, greedy, greedy_in_context, score_candidates
+from embodied_lm.decode import Trie, greedy, greedy_batch, greedy_in_context, score_candidates
 from embodied_lm.model import autocast
-from embodied_lm.planners import register_planner
+from embodied_lm.planners import PlannerRefusal, register_planner
 from skills.vocab import COLOR_NAMES, KINDS, Col, all_calls
 
 
@@ -92,11 +92,68 @@ class EmbodiedLMPlanner:
             self.judged_failed.append(call)
             self.history.pop()
 
+    def spawn(self) -> EmbodiedLMPlanner:
+        """Another planner for a concurrent episode: the same model, decoding settings and tries."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update({k: v for k, v in self.__dict__.items() if k in (
+            "model", "constrained", "precision", "needs_images", "detect", "_tries")})
+        return twin
+
     @torch.no_grad()
     def act(self, obs, info) -> str:
         m = self.model
         if self.detect:
             self._judge_last(obs)
+        episode = m.cfg.context == "episode"
+        embeds, trie = self._prompt(obs)
+        with autocast("cpu", self.precision):
+            if not episode:
+                text = greedy(m, embeds, m.tok, trie)
+            else:
+                before = self.cache.get_seq_length() + embeds.shape[1]
+                text, fed = greedy_in_context(m, embeds, m.tok, trie, self.cache)
+                self.unfed = self._answer_ids(text, fed, before)
+        self._took(text, obs)
+        return text
+
+    @staticmethod
+    @torch.no_grad()
+    def act_batch(planners: list[EmbodiedLMPlanner], obs: list[dict], infos: list[dict]) -> list[str | Exception]:
+        """``act`` for several episodes at once (each planner its own episode, one shared model): the
+        step-context decisions are decoded in one batch (``greedy_batch``); an episode-context planner
+        acts alone (its cache is its own).  A planner's ``PlannerRefusal`` is its entry in the result."""
+        out: list[str | Exception | None] = [None] * len(planners)
+        batch = []
+        for i, (p, o) in enumerate(zip(planners, obs)):
+            if p.model.cfg.context == "episode":
+                batch.append(None)
+                continue
+            try:
+                if p.detect:
+                    p._judge_last(o)
+                batch.append(p._prompt(o))
+            except PlannerRefusal as e:
+                out[i] = e
+                batch.append(None)
+        rows = [i for i, b in enumerate(batch) if b is not None]
+        if rows:
+            m, precision = planners[rows[0]].model, planners[rows[0]].precision
+            with autocast("cpu", precision):
+                texts = greedy_batch(m, [batch[i][0] for i in rows], m.tok, [batch[i][1] for i in rows])
+            for i, text in zip(rows, texts):
+                planners[i]._took(text, obs[i])
+                out[i] = text
+        for i, p in enumerate(planners):
+            if out[i] is None:
+                try:
+                    out[i] = p.act(obs[i], infos[i])
+                except PlannerRefusal as e:
+                    out[i] = e
+        return out
+
+    def _prompt(self, obs) -> tuple[torch.Tensor, Trie | None]:
+        """This step's prompt embeddings (1, T, D) and the grammar's trie for the scene (or None)."""
+        m = self.model
         names, kinds = _scene_objects(obs["objects"])
         episode = m.cfg.context == "episode"
         if episode:
@@ -117,16 +174,11 @@ class EmbodiedLMPlanner:
                 self._tries[key] = Trie(m.tok, all_calls(names, kinds))
             trie = self._tries[key]
         with autocast("cpu", self.precision):
-            embeds = m.embed_sentence(torch.tensor([ids]), torch.tensor([slots]), sensors)  # (1, T, D)
-            if not episode:
-                text = greedy(m, embeds, m.tok, trie)
-            else:
-                before = self.cache.get_seq_length() + len(ids)
-                text, fed = greedy_in_context(m, embeds, m.tok, trie, self.cache)
-                self.unfed = self._answer_ids(text, fed, before)
+            return m.embed_sentence(torch.tensor([ids]), torch.tensor([slots]), sensors), trie  # (1, T, D)
+
+    def _took(self, text: str, obs) -> None:
         self.history.append(text)
         self.last = (text, obs)
-        return text
 
     def _answer_ids(self, text: str, fed: list[int], start: int) -> list[int]:
         """The answer as training writes it (" text" + eos) continues the cache: keep the decoded tokens

@@ -48,9 +48,10 @@ def make_env(cfg: RunConfig, observe_images: bool, faults: dict | None = None, p
 
 
 def rollouts(cfg: RunConfig, specs, planner_name: str, planner_kwargs: dict, observe_images: bool, recorder,
-             faults: dict | None = None, perception: bool = False, jitter: bool = False):
-    """Run ``specs`` serially here, or on Ray actors (``ray.num_workers`` / ``ray.address``).
-    Returns (rows in spec order, Ray stats or None)."""
+             faults: dict | None = None, perception: bool = False, jitter: bool = False, batch: int = 1):
+    """Run ``specs`` here, or on Ray actors (``ray.num_workers`` / ``ray.address``); ``batch`` episodes side
+    by side per process (evaluate.run_lockstep; a robot runs one).  Returns (rows in spec order, Ray stats
+    or None)."""
     if cfg.ray.enabled:
         from embodied_lm.distributed import run_parallel
 
@@ -59,11 +60,13 @@ def rollouts(cfg: RunConfig, specs, planner_name: str, planner_kwargs: dict, obs
                             num_workers=cfg.ray.num_workers or None, address=cfg.ray.address, recorder=recorder,
                             progress=cfg.eval.progress, max_retries=cfg.ray.max_retries,
                             num_gpus_per_worker=cfg.ray.gpus_per_worker,
-                            episode_timeout_s=cfg.ray.episode_timeout_s)
+                            episode_timeout_s=cfg.ray.episode_timeout_s, batch=batch)
     env = make_env(cfg, observe_images, faults, perception, jitter)
+    robot = cfg.embodiment.get("kind", "sim") == "ros"
     try:
         return evaluate(env, make_planner(planner_name, **planner_kwargs), specs, recorder,
-                        progress=cfg.eval.progress), None
+                        progress=cfg.eval.progress, batch=1 if robot else batch,
+                        make_env=lambda: make_env(cfg, observe_images, faults, perception, jitter)), None
     finally:
         env.close()
 
@@ -149,7 +152,8 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
             recorder = stack.enter_context(ReplayWriter(cfg.record, attrs=attrs))
         t0 = time.perf_counter()
         rows, ray_stats = rollouts(cfg, specs, name, kwargs, needs_images or bool(cfg.record), recorder,
-                                   faults=cfg.eval.faults, perception=cfg.eval.perception, jitter=cfg.eval.jitter)
+                                   faults=cfg.eval.faults, perception=cfg.eval.perception, jitter=cfg.eval.jitter,
+                                   batch=cfg.eval.batch)
         eval_s = time.perf_counter() - t0
     n_steps = sum(r.steps for r in rows)
     timing = {"collect_s": 0.0, "train_s": 0.0, **(timing or {}), "eval_s": round(eval_s, 2),

@@ -38,7 +38,7 @@ except ModuleNotFoundError as e:  # pragma: no cover - depends on the install
         "embodied_lm.distributed needs Ray: pip install 'ray[rllib]==2.60.*' (or 'ray==2.60.*')"
     ) from e
 
-from embodied_lm.evaluate import EpisodeRow, run_episode
+from embodied_lm.evaluate import EpisodeRow, act_each, run_episode, run_lockstep
 from embodied_lm.planners import Planner, make_planner
 from sim.env import EnvConfig, TabletopEnv
 from sim.tasks import EpisodeSpec
@@ -108,6 +108,16 @@ class _DieAfter:
         return self.planner.act(obs, info)
 
 
+def _dying(act_batch, first: _DieAfter):
+    """Fault injection for a group: the process dies when the first episode's planner would."""
+    def act(planners, obs, infos):
+        if first.n >= first.steps:
+            os.kill(os.getpid(), signal.SIGKILL)
+        first.n += 1
+        return act_batch([p.planner for p in planners], obs, infos)
+    return act
+
+
 class _Capture:
     """A recorder that keeps the episode instead of writing it (the driver writes)."""
 
@@ -122,15 +132,18 @@ class _Capture:
 
 
 class EpisodeRunner:
-    """One env + one planner; runs episodes from specs.  In-process, or as a Ray actor
-    (``RolloutWorker``)."""
+    """One env + one planner; runs episodes from specs, one at a time (``run``) or several side by side
+    (``run_group``: one more env and planner per concurrent episode, the planner's steps decided in one
+    batch).  In-process, or as a Ray actor (``RolloutWorker``)."""
 
     def __init__(self, env_config: EnvConfig | Mapping[str, Any] | None, planner_name: str,
                  planner_kwargs: Mapping[str, Any] | None = None):
         if isinstance(env_config, Mapping):
             env_config = EnvConfig(**env_config)
+        self.env_config = env_config
         self.planner = episode_planner(planner_name, planner_kwargs)
         self.env = TabletopEnv(env_config)
+        self.group: tuple[list[TabletopEnv], list[EpisodeSeeded]] = ([self.env], [self.planner])
         self.episodes = 0
 
     def info(self) -> dict[str, Any]:
@@ -149,8 +162,29 @@ class EpisodeRunner:
         self.episodes += 1
         return row, (capture.episode if capture else None)
 
+    def run_group(self, specs: Sequence[EpisodeSpec | Mapping[str, Any]], record: bool = False,
+                  die_after_steps: int | None = None) -> list[tuple]:
+        """``run`` for each spec, the episodes side by side (``run_lockstep``) when the planner can
+        ``spawn`` twins; rows and episodes as ``run`` gives them, in spec order."""
+        specs = [s if isinstance(s, EpisodeSpec) else EpisodeSpec.from_dict(dict(s)) for s in specs]
+        if len(specs) == 1 or not hasattr(self.planner.planner, "spawn"):
+            return [self.run(s, record, die_after_steps) for s in specs]
+        envs, planners = self.group
+        while len(envs) < len(specs):
+            envs.append(TabletopEnv(self.env_config))
+            planners.append(EpisodeSeeded(self.planner.planner.spawn(), self.planner.seed))
+        act = getattr(self.planner.planner, "act_batch", None)
+        act_batch = act_each if act is None else (lambda ps, obs, infos: act([p.planner for p in ps], obs, infos))
+        if die_after_steps is not None:
+            planners = [_DieAfter(p, die_after_steps) for p in planners]
+            act_batch = _dying(act_batch, planners[0])
+        rows, episodes = run_lockstep(envs, planners, specs, act_batch, record)
+        self.episodes += len(specs)
+        return list(zip(rows, episodes or [None] * len(rows)))
+
     def close(self) -> None:
-        self.env.close()
+        for env in self.group[0]:
+            env.close()
 
 
 def _node_ip() -> str | None:
@@ -240,7 +274,7 @@ class _Slot:
     index: int
     actor: Any  # the same handle for the whole run: Ray restarts its process when it dies
     info_ref: Any  # info() of its current process
-    busy: int | None = None  # spec index in flight
+    busy: list[int] | None = None  # spec indices in flight (one group)
     since: float = 0.0
     timed_out: bool = False
     infos: list[Any] = field(default_factory=list)  # info() of its earlier processes
@@ -262,6 +296,7 @@ def run_parallel(
     episode_timeout_s: float | None = None,
     on_dispatch: Callable[[Dispatch], None] | None = None,
     fault_injection: Mapping[int, int] | None = None,
+    batch: int = 1,
 ) -> tuple[list[EpisodeRow], dict[str, Any]]:
     """Run every spec on Ray workers; returns (rows in spec order, stats).
 
@@ -278,6 +313,9 @@ def run_parallel(
     on_dispatch      called with a ``Dispatch`` after each hand-out.
     fault_injection  ``{spec_index: steps}``: on its first attempt that episode's worker SIGKILLs
                      its own process after ``steps`` steps (tests, cluster drills).
+    batch            consecutive specs a worker runs side by side (``EpisodeRunner.run_group``; the
+                     embodied LM decodes their steps in one batch); fewer near the end, so that every
+                     worker keeps a share.  A worker that dies re-runs its whole group (each counted).
 
     stats: episodes, workers, workers_started (incl. restarts), retries, retried_specs,
     worker_deaths, timeouts, out_of_order (episodes that finished before an earlier spec),
@@ -294,6 +332,8 @@ def run_parallel(
         env_config = EnvConfig(**env_config)
     if max_retries < 0:
         raise ValueError(f"max_retries must be >= 0, got {max_retries}")
+    if batch < 1:
+        raise ValueError(f"batch must be >= 1, got {batch}")
     if not specs:
         return [], {"episodes": 0, "workers": 0, "retries": 0, "retried_specs": [], "wall_s": 0.0}
     record = recorder is not None
@@ -317,7 +357,7 @@ def run_parallel(
             )
         rows, stats = _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record, recorder,
                              progress, max_retries, num_cpus_per_worker, num_gpus_per_worker, episode_timeout_s,
-                             on_dispatch, faults)
+                             on_dispatch, faults, batch)
         stats.update(ray_init_s=round(ray_init_s, 3), cluster_cpus=cpus,
                      address=ray.get_runtime_context().gcs_address,
                      nodes=len([n for n in ray.nodes() if n.get("Alive")]))
@@ -330,7 +370,7 @@ def run_parallel(
 
 
 def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record, recorder, progress,
-           max_retries, cpus_per_worker, gpus_per_worker, timeout_s, on_dispatch, faults):
+           max_retries, cpus_per_worker, gpus_per_worker, timeout_s, on_dispatch, faults, batch=1):
     from tqdm import tqdm
 
     # Ray restarts a worker whose process died (max_restarts=-1: as often as it takes; each episode's
@@ -356,13 +396,15 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
     next_write = n_ok = n_done = first_pending = 0
 
     def dispatch(slot: _Slot) -> None:
-        i = queue.popleft()
-        die = faults.get(i) if attempts[i] == 0 else None
-        ref = slot.actor.run.remote(specs[i], record, die)
-        slot.busy, slot.since, slot.timed_out = i, time.perf_counter(), False
+        n = min(batch, -(-len(queue) // num_workers))  # near the end: every worker a share
+        group = [queue.popleft() for _ in range(n)]
+        dies = [faults[i] for i in group if attempts[i] == 0 and i in faults]
+        ref = slot.actor.run_group.remote([specs[i] for i in group], record, min(dies) if dies else None)
+        slot.busy, slot.since, slot.timed_out = group, time.perf_counter(), False
         inflight[ref] = slot
         if on_dispatch is not None:
-            on_dispatch(Dispatch(i, attempts[i], slot.index, slot.actor, slot.info_ref))
+            for i in group:
+                on_dispatch(Dispatch(i, attempts[i], slot.index, slot.actor, slot.info_ref))
 
     t_boot = time.perf_counter()
     actors = [actor_cls.remote(env_config, planner_name, planner_kwargs) for _ in range(num_workers)]
@@ -384,55 +426,58 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
             if not ready:  # only with a timeout: kill workers stuck in one episode
                 now = time.perf_counter()
                 for slot in inflight.values():
-                    if slot.busy is not None and not slot.timed_out and now - slot.since > timeout_s:
+                    if slot.busy is not None and not slot.timed_out and now - slot.since > timeout_s * len(slot.busy):
                         slot.timed_out = True
                         stats["timeouts"] += 1
                         ray.kill(slot.actor, no_restart=False)  # restarted; its ref fails -> retried below
                 continue
             ref = ready[0]
             slot = inflight.pop(ref)
-            i, slot.busy = slot.busy, None
-            if i is None:  # a restarted worker is back: it takes the next episode
+            group, slot.busy = slot.busy, None
+            if group is None:  # a restarted worker is back: it takes the next episodes
                 if queue:
                     dispatch(slot)
                 continue
             try:
-                row, episode = ray.get(ref)
+                results = ray.get(ref)
             except RayActorError as e:  # the worker process is gone (killed, OOM, node lost)
                 if e.actor_init_failed:
                     raise init_failed(e) from e
                 stats["worker_deaths"] += 1
-                attempts[i] += 1
-                if attempts[i] > max_retries:
-                    raise RolloutError(
-                        f"spec {i} ({specs[i].task}, seed {specs[i].seed}): worker died {attempts[i]} times "
-                        f"(max_retries={max_retries}); last error: {_plain(e).splitlines()[0]}"
-                    ) from e
-                stats["retries"] += 1
-                stats["retried_specs"].append(i)
+                for i in group:
+                    attempts[i] += 1
+                    if attempts[i] > max_retries:
+                        raise RolloutError(
+                            f"spec {i} ({specs[i].task}, seed {specs[i].seed}): worker died {attempts[i]} times "
+                            f"(max_retries={max_retries}); last error: {_plain(e).splitlines()[0]}"
+                        ) from e
+                stats["retries"] += len(group)
+                stats["retried_specs"] += group
                 stats["workers_started"] += 1  # Ray restarts it
-                queue.appendleft(i)  # re-run it next, so in-order writing is not held up
+                queue.extendleft(reversed(group))  # re-run them next, so in-order writing is not held up
                 # a call sent before the new process is up could fail too: its next episode waits for this
                 slot.infos.append(slot.info_ref)
                 slot.info_ref = probe(slot.actor)
                 inflight[slot.info_ref] = slot
                 continue
-            except RayTaskError as e:  # the episode itself raised: deterministic, do not retry
-                raise RolloutError(f"spec {i} ({specs[i].task}, seed {specs[i].seed}) failed: {_plain(e)}") from e
+            except RayTaskError as e:  # an episode itself raised: deterministic, do not retry
+                which = ", ".join(f"{i} ({specs[i].task}, seed {specs[i].seed})" for i in group)
+                raise RolloutError(f"spec{'s' * (len(group) > 1)} {which} failed: {_plain(e)}") from e
             else:
-                rows[i] = row
-                n_ok += row.success
-                n_done += 1
-                stats["out_of_order"] += i != first_pending  # finished before an earlier spec
-                while first_pending < len(rows) and rows[first_pending] is not None:
-                    first_pending += 1
-                if record:
-                    held[i] = episode
-                    stats["max_buffered"] = max(stats["max_buffered"], len(held))
-                    while next_write in held:  # one writer, spec order
-                        recorder.append(held.pop(next_write))
-                        next_write += 1
-                bar.update(1)
+                for i, (row, episode) in zip(group, results):
+                    rows[i] = row
+                    n_ok += row.success
+                    n_done += 1
+                    stats["out_of_order"] += i != first_pending  # finished before an earlier spec
+                    while first_pending < len(rows) and rows[first_pending] is not None:
+                        first_pending += 1
+                    if record:
+                        held[i] = episode
+                        stats["max_buffered"] = max(stats["max_buffered"], len(held))
+                        while next_write in held:  # one writer, spec order
+                            recorder.append(held.pop(next_write))
+                            next_write += 1
+                bar.update(len(group))
             bar.set_postfix(success=f"{n_ok / max(n_done, 1):.0%}", retries=stats["retries"], refresh=False)
             if queue:
                 dispatch(slot)
