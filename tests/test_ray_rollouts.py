@@ -134,3 +134,33 @@ def test_retry_bound_and_startup_errors_fail_fast(ray_session, specs):
         run_parallel(specs[:2], "oracle", {"no_such_arg": 1}, STATE_ONLY, num_workers=1, progress=False)
     with pytest.raises(ValueError, match="do not fit"):  # instead of waiting forever for CPUs
         run_parallel(specs, "oracle", {}, STATE_ONLY, num_workers=3, progress=False)
+
+
+@pytest.mark.timeout(600)
+def test_groups_on_workers_equal_serial_and_a_dead_group_reruns(ray_session, specs, serial_oracle, tmp_path):
+    """``batch``: each worker takes a group of consecutive specs.  The oracle runs its group one episode
+    at a time; the embodied LM (a tiny checkpoint) side by side, decoded in one batch.  Rows equal the
+    serial ones; a worker that dies re-runs its whole group."""
+    import torch
+
+    from embodied_lm.model import EmbodiedLM, ModelConfig
+    from embodied_lm.train import TrainConfig, save_checkpoint
+
+    rows, stats = run_parallel(specs, "oracle", {}, STATE_ONLY, num_workers=2, progress=False, batch=3,
+                               fault_injection={4: 1})
+    assert [row_trace(r) for r in rows] == [row_trace(r) for r in serial_oracle]
+    assert stats["worker_deaths"] == 1 and stats["retried_specs"] == [3, 4, 5]  # groups [0 1 2] [3 4 5] [6] [7]
+
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=1)
+    ckpt = save_checkpoint(model, torch.optim.AdamW(model.parameters()), TrainConfig(),
+                           {"step": 0, "losses": [], "tokens": 0, "train_s": 0.0}, tmp_path / "checkpoint")
+    kwargs = {"checkpoint": str(ckpt), "precision": "fp32"}
+    chosen = [specs[i] for i in (0, 1, 4, 7)]  # q1, p1_grasp, q3, q4
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each worker: fp32 sums follow the thread count
+    try:
+        serial = _serial(chosen, "embodied_lm", kwargs)
+    finally:
+        torch.set_num_threads(threads)
+    rows, _ = run_parallel(chosen, "embodied_lm", kwargs, STATE_ONLY, num_workers=2, progress=False, batch=3)
+    assert [row_trace(r) for r in rows] == [row_trace(r) for r in serial]
