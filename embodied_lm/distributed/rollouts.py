@@ -309,7 +309,8 @@ def run_parallel(
     recorder         anything with ``append(Episode)`` (a ``ReplayWriter``): episodes are
                      appended in spec order as soon as every earlier one is in.
     max_retries      re-runs of one episode after its worker died (Ray restarts the worker).
-    episode_timeout_s  kill (and so restart) a worker whose episode runs longer (counted as a retry).
+    episode_timeout_s  kill (and so restart) a worker whose episode runs longer (a group of k: k times
+                     longer; counted as retries).
     on_dispatch      called with a ``Dispatch`` after each hand-out.
     fault_injection  ``{spec_index: steps}``: on its first attempt that episode's worker SIGKILLs
                      its own process after ``steps`` steps (tests, cluster drills).
@@ -321,7 +322,7 @@ def run_parallel(
     worker_deaths, timeouts, out_of_order (episodes that finished before an earlier spec),
     max_buffered (recorded episodes held back for in-order writing), startup_s (until every
     worker built its env and planner), run_s (first dispatch to last result), episodes_per_s
-    (over run_s), utilization (episode time / (run_s x workers)), wall_s (incl. Ray start and
+    (over run_s), utilization (time workers held episodes / (run_s x workers)), wall_s (incl. Ray start and
     stop), ray_init_s, nodes, cluster_cpus, address, worker_hosts ({"node ip/node id prefix":
     workers started there}).
     """
@@ -394,6 +395,7 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
     rows: list[EpisodeRow | None] = [None] * len(specs)
     held: dict[int, Any] = {}  # recorded episodes waiting for an earlier spec
     next_write = n_ok = n_done = first_pending = 0
+    busy_s = 0.0  # dispatch to result, summed over groups: episodes of one group overlap
 
     def dispatch(slot: _Slot) -> None:
         n = min(batch, -(-len(queue) // num_workers))  # near the end: every worker a share
@@ -465,6 +467,7 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
                 which = ", ".join(f"{i} ({specs[i].task}, seed {specs[i].seed})" for i in group)
                 raise RolloutError(f"spec{'s' * (len(group) > 1)} {which} failed: {_plain(e)}") from e
             else:
+                busy_s += time.perf_counter() - slot.since
                 for i, (row, episode) in zip(group, results):
                     rows[i] = row
                     n_ok += row.success
@@ -491,7 +494,7 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
     stats["startup_s"] = round(t0 - t_boot, 3)
     stats["run_s"] = round(run_s, 3)
     # time inside episodes / worker time available: well below 1 = workers waited on the driver
-    stats["utilization"] = round(sum(r.wall_s for r in rows) / max(run_s * num_workers, 1e-9), 3)
+    stats["utilization"] = round(busy_s / max(run_s * num_workers, 1e-9), 3)
     stats["worker_hosts"] = _hosts([r for s in slots for r in (*s.infos, s.info_ref)])
     assert all(r is not None for r in rows) and (not record or next_write == len(specs))
     return rows, stats
