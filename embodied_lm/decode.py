@@ -138,7 +138,7 @@ def greedy_batch(model, prompts: Sequence[torch.Tensor], tok, tries: Sequence[Tr
         # advance each open row through forced tokens; note which need logits
         need = []
         for i in range(B):
-            while out[i] is None and nodes[i] is not None:
+            while out[i] is None and nodes[i] is not None and len(ids[i]) < max_new:  # greedy's one per step
                 allowed = [t for t in nodes[i] if t is not None]
                 if len(allowed) != 1:
                     break

@@ -107,14 +107,19 @@ class _DieAfter:
         self.n += 1
         return self.planner.act(obs, info)
 
+    def __getattr__(self, name: str) -> Any:  # episode_extra etc.: the wrapped planner's
+        return getattr(self.planner, name)
 
-def _dying(act_batch, first: _DieAfter):
-    """Fault injection for a group: the process dies when the first episode's planner would."""
+
+def _dying(act_batch):
+    """Fault injection in a group: the process dies when a ``_DieAfter`` episode's planner would."""
     def act(planners, obs, infos):
-        if first.n >= first.steps:
-            os.kill(os.getpid(), signal.SIGKILL)
-        first.n += 1
-        return act_batch([p.planner for p in planners], obs, infos)
+        for p in planners:
+            if isinstance(p, _DieAfter):
+                if p.n >= p.steps:
+                    os.kill(os.getpid(), signal.SIGKILL)
+                p.n += 1
+        return act_batch([p.planner if isinstance(p, _DieAfter) else p for p in planners], obs, infos)
     return act
 
 
@@ -163,21 +168,23 @@ class EpisodeRunner:
         return row, (capture.episode if capture else None)
 
     def run_group(self, specs: Sequence[EpisodeSpec | Mapping[str, Any]], record: bool = False,
-                  die_after_steps: int | None = None) -> list[tuple]:
+                  die_after_steps: Sequence[int | None] | None = None) -> list[tuple]:
         """``run`` for each spec, the episodes side by side (``run_lockstep``) when the planner can
-        ``spawn`` twins; rows and episodes as ``run`` gives them, in spec order."""
+        ``spawn`` twins; rows and episodes as ``run`` gives them, in spec order.  ``die_after_steps``:
+        per spec, as ``run``'s."""
         specs = [s if isinstance(s, EpisodeSpec) else EpisodeSpec.from_dict(dict(s)) for s in specs]
+        dies = list(die_after_steps or [None] * len(specs))
         if len(specs) == 1 or not hasattr(self.planner.planner, "spawn"):
-            return [self.run(s, record, die_after_steps) for s in specs]
+            return [self.run(s, record, d) for s, d in zip(specs, dies)]
         envs, planners = self.group
         while len(envs) < len(specs):
             envs.append(TabletopEnv(self.env_config))
             planners.append(EpisodeSeeded(self.planner.planner.spawn(), self.planner.seed))
         act = getattr(self.planner.planner, "act_batch", None)
         act_batch = act_each if act is None else (lambda ps, obs, infos: act([p.planner for p in ps], obs, infos))
-        if die_after_steps is not None:
-            planners = [_DieAfter(p, die_after_steps) for p in planners]
-            act_batch = _dying(act_batch, planners[0])
+        if any(d is not None for d in dies):
+            planners = [p if d is None else _DieAfter(p, d) for p, d in zip(planners, dies)]
+            act_batch = _dying(act_batch)
         rows, episodes = run_lockstep(envs, planners, specs, act_batch, record)
         self.episodes += len(specs)
         return list(zip(rows, episodes or [None] * len(rows)))
@@ -203,7 +210,8 @@ def _node_id() -> str | None:
 
 RolloutWorker = ray.remote(num_cpus=1)(EpisodeRunner)
 """The Ray actor: ``RolloutWorker.remote(env_config, planner_name, planner_kwargs)``; methods
-``run(spec, record, die_after_steps=None) -> (EpisodeRow, Episode | None)`` and ``info()``.
+``run(spec, record, die_after_steps=None) -> (EpisodeRow, Episode | None)``, ``run_group(specs, record,
+die_after_steps=None) -> [(EpisodeRow, Episode | None), ...]`` and ``info()``.
 Override resources with ``RolloutWorker.options(num_cpus=..., num_gpus=...)``."""
 
 
@@ -316,7 +324,8 @@ def run_parallel(
                      its own process after ``steps`` steps (tests, cluster drills).
     batch            consecutive specs a worker runs side by side (``EpisodeRunner.run_group``; the
                      embodied LM decodes their steps in one batch); fewer near the end, so that every
-                     worker keeps a share.  A worker that dies re-runs its whole group (each counted).
+                     worker keeps a share.  A worker that dies re-runs its whole group (each episode
+                     counted against its retries).
 
     stats: episodes, workers, workers_started (incl. restarts), retries, retried_specs,
     worker_deaths, timeouts, out_of_order (episodes that finished before an earlier spec),
@@ -400,8 +409,8 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
     def dispatch(slot: _Slot) -> None:
         n = min(batch, -(-len(queue) // num_workers))  # near the end: every worker a share
         group = [queue.popleft() for _ in range(n)]
-        dies = [faults[i] for i in group if attempts[i] == 0 and i in faults]
-        ref = slot.actor.run_group.remote([specs[i] for i in group], record, min(dies) if dies else None)
+        dies = [faults.get(i) if attempts[i] == 0 else None for i in group]
+        ref = slot.actor.run_group.remote([specs[i] for i in group], record, dies)
         slot.busy, slot.since, slot.timed_out = group, time.perf_counter(), False
         inflight[ref] = slot
         if on_dispatch is not None:
