@@ -1,8 +1,6 @@
 """Deliberate skill failures (sim.faults), transition questions over two observations
 (embodied_lm.transitions), the planner's failure detection, and the ROS endpoint's silent faults."""
 
-import re
-
 import numpy as np
 import pytest
 import torch
@@ -192,20 +190,8 @@ def test_transition_examples_carry_the_simulator_s_labels(tiny, faulted_store):
         assert f"Was {r.plan[t]} successful?" in q and yes_no == ("yes" if r.skill_success[t] else "no")
         assert change == "nothing changed" or change.startswith("obj_")
     assert answer[::2].count("no") > 0 and all(e.sentence.n_obs == 2 for e in plain)
-    # + a counterfactual question after some successful steps' own one, never after a failed one (already "no")
-    more = examples_from_store(path, tiny, ["success"])
-    calls = [re.search(r"Was (.*) successful\?", tiny.tok.decode(
-        [i for i, k in zip(e.sentence.ids[:e.sentence.n_prompt], e.sentence.slots) if k < 0])).group(1)
-        for e in more]
-    k, extra = 0, 0
-    for call in calls:
-        if k < len(steps) and call == steps[k][0].plan[steps[k][1]]:
-            k += 1
-        else:  # a counterfactual: about the step just asked, which worked
-            r, t = steps[k - 1]
-            assert r.skill_success[t] and call != r.plan[t] and call.split()[0] == r.plan[t].split()[0]
-            extra += 1
-    assert k == len(steps) and 0 < extra < sum(r.skill_success[t] for r, t in steps)
+    more = examples_from_store(path, tiny, ["success"])  # + a counterfactual question per step, where there is one
+    assert len(steps) < len(more) <= 2 * len(steps) and {e.task for e in more} == {"success"}
 
 
 def test_plan_history_keeps_only_the_steps_that_worked(tiny, faulted_store):
