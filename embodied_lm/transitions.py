@@ -24,10 +24,6 @@ from skills.vocab import KINDS, Col
 
 SKILL_VERBS = ("pick", "place", "push")  # calls whose outcome is a question (answers and done are not)
 MOVED = 0.03  # m: a block on the table that moved this far "moved"
-# A counterfactual question (a "no") for this share of the *successful* steps: per verb about as many "yes" as
-# "no", as at test time.  One for every step made the place-on-block questions 26 % "yes" in training (52 % at
-# test) and a seed-1 model called good places failed (benchmarks/README.md, "Success detection").
-COUNTERFACTUAL_SHARE = 0.5
 
 
 def change_text(before: np.ndarray, after: np.ndarray) -> str:
@@ -112,8 +108,8 @@ def examples_from_store(path, model, which: Sequence[str], families: Sequence[st
                         counterfactuals: bool = True) -> list[Example]:
     """Every skill step of every episode (failed ones too: they hold the negatives; optionally only some
     families) that has a next frame: one example per question in ``which``, in step order, task = the
-    question's name (the batch sampler's family); with ``success``, after a share of the successful steps'
-    own question (``COUNTERFACTUAL_SHARE``) one ``counterfactual`` question where there is one."""
+    question's name (the batch sampler's family); with ``success``, after each step's own question one
+    ``counterfactual`` question where there is one."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)
@@ -140,9 +136,7 @@ def examples_from_store(path, model, which: Sequence[str], families: Sequence[st
                 answer = label(w, bool(oks[g]), objects[g], objects[g + 1])
                 sent = transition_sentence(model, w, call, objects[g], objects[g + 1], enc.kind, answer)
                 out.append(Example(sent, obs, w))
-            other = None
-            if "success" in which and counterfactuals and oks[g] and rng.random() < COUNTERFACTUAL_SHARE:
-                other = counterfactual(call, objects[g + 1], rng)
+            other = counterfactual(call, objects[g + 1], rng) if "success" in which and counterfactuals else None
             if other is not None:
                 answer = "yes" if holds(other, objects[g + 1]) else "no"
                 sent = transition_sentence(model, "success", other, objects[g], objects[g + 1], enc.kind, answer)
