@@ -436,8 +436,9 @@ def _drive(specs, planner_name, planner_kwargs, env_config, num_workers, record,
             ready, _ = ray.wait(list(inflight), num_returns=1, timeout=1.0 if timeout_s else None)
             if not ready:  # only with a timeout: kill workers stuck in one episode
                 now = time.perf_counter()
-                for slot in inflight.values():
-                    if slot.busy is not None and not slot.timed_out and now - slot.since > timeout_s * len(slot.busy):
+                for slot in inflight.values():  # a group of k episodes side by side takes about k times one
+                    late = slot.busy is not None and now - slot.since > timeout_s * len(slot.busy)
+                    if late and not slot.timed_out:
                         slot.timed_out = True
                         stats["timeouts"] += 1
                         ray.kill(slot.actor, no_restart=False)  # restarted; its ref fails -> retried below
