@@ -106,6 +106,24 @@ def load_tiny(n_layers: int = 4, hidden: int = 256):
     return LlamaForCausalLM(cfg), tok
 
 
+def truncate(lm, layers: int) -> None:
+    """Keep ``layers`` decoder layers of ``lm`` in place: the first ``layers - 1`` and the last.  Deep
+    layers next to the last change the residual stream least (Gromov et al. 2024, "The Unreasonable
+    Ineffectiveness of the Deeper Layers"); the last stays because the LM head reads its output."""
+    blocks = lm.model.layers
+    if not 1 <= layers <= len(blocks):
+        raise ValueError(f"backbone.layers={layers}: this backbone has {len(blocks)} decoder layers")
+    if layers == len(blocks):
+        return
+    kept = [*blocks[:layers - 1], blocks[-1]]
+    for i, block in enumerate(kept):
+        block.self_attn.layer_idx = i  # the KV cache is indexed by it
+    lm.model.layers = torch.nn.ModuleList(kept)
+    if getattr(lm.config, "layer_types", None):
+        lm.config.layer_types = [*lm.config.layer_types[:layers - 1], lm.config.layer_types[-1]]
+    lm.config.num_hidden_layers = layers
+
+
 def load_backbone(name: str):
     """(model, tokenizer) for a registered name or a local HF directory."""
     if name in BACKBONES:

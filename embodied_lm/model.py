@@ -61,6 +61,7 @@ class ModelConfig:
     Defaults and checks are the run config's (embodied_lm.config.TrainConfig / SensorsConfig)."""
 
     backbone: str = BackboneConfig.name
+    backbone_layers: int = BackboneConfig.layers  # 0 = all (embodied_lm.backbones.truncate)
     sensors: str = SensorsConfig.name
     encoder: dict = field(default_factory=dict)  # extra encoder config fields (dim, camera, ...)
     projector: str = TrainConfig.projector
@@ -82,6 +83,8 @@ class ModelConfig:
         check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
             raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")
+        if self.backbone_layers < 0:
+            raise ConfigError(f"backbone_layers must be >= 0 (0 = all), got {self.backbone_layers}")
         if self.lora_r < 1:
             raise ConfigError(f"lora_r must be >= 1, got {self.lora_r}")
         if self.lora_alpha is None:
@@ -100,12 +103,14 @@ def pointer_words() -> list[str]:
 class EmbodiedLM(nn.Module):
     def __init__(self, cfg: ModelConfig, seed: int = 0):
         super().__init__()
-        from embodied_lm.backbones import load_backbone
+        from embodied_lm.backbones import load_backbone, truncate
         from sensors import build_encoder, build_projector
 
         self.cfg = cfg
         torch.manual_seed(seed)
         lm, self.tok = load_backbone(cfg.backbone)
+        if cfg.backbone_layers:
+            truncate(lm, cfg.backbone_layers)
         if self.tok.pad_token_id is None:
             self.tok.pad_token = self.tok.eos_token
         width = lm.config.hidden_size

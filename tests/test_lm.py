@@ -393,3 +393,47 @@ def test_lockstep_evaluation_gives_each_episode_its_serial_row(env, monkeypatch)
         assert a.meta == b.meta and a.data.keys() == b.data.keys()
         for k in a.data:
             np.testing.assert_array_equal(a.data[k], b.data[k], err_msg=k)
+
+
+def test_truncated_backbone_keeps_first_and_last_layers_and_decodes_with_its_cache(tmp_path):
+    """backbone.layers=3 of tiny's 4 keeps layers 0, 1 and 3 (the same weights), renumbered for the KV
+    cache: cached greedy equals a cache-free forward; its checkpoint refuses the full model."""
+    from embodied_lm.backbones import load_backbone, truncate
+    from embodied_lm.train import CheckpointError, TrainConfig, load_checkpoint, train
+
+    torch.manual_seed(0)
+    full, _ = load_backbone("tiny")
+    torch.manual_seed(0)
+    cut, _ = load_backbone("tiny")
+    truncate(cut, 3)
+    assert cut.config.num_hidden_layers == 3 and [b.self_attn.layer_idx for b in cut.model.layers] == [0, 1, 2]
+    for mine, theirs in zip(cut.model.layers, [full.model.layers[i] for i in (0, 1, 3)]):
+        assert torch.equal(mine.mlp.up_proj.weight, theirs.mlp.up_proj.weight)
+    with pytest.raises(ValueError, match="backbone.layers=5: this backbone has 3 decoder layers"):
+        truncate(cut, 5)
+
+    cfg = ModelConfig(backbone="tiny", backbone_layers=3, sensors="state", mode="full")
+    model = EmbodiedLM(cfg, seed=0).eval()
+    assert len(model.body.layers) == 3
+    objects = np.zeros((16, 12), np.float32)
+    objects[:4, Col.PRESENT] = 1
+    sent = model.sentence("Scene: obj_1 is <obj_1>. obj_4 is <obj_4>.\nNext:", None)
+    with torch.no_grad():
+        embeds = model.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]),
+                                      {"objects": torch.from_numpy(objects)[None]})
+        trie = Trie(model.tok, all_calls(["obj_1", "obj_4"], ["block"] * 2))
+        node, ids = trie.root, []
+        while True:  # cache-free: argmax over the allowed tokens
+            x = torch.cat([embeds, model.embed(torch.tensor([ids], dtype=torch.long))], 1)
+            logits = model.head(model.body(inputs_embeds=x).last_hidden_state[:, -1])[0]
+            allowed = [t for t in node if t is not None]
+            ids.append(allowed[int(torch.argmax(logits[allowed]))])
+            node = node[ids[-1]]
+            if ids[-1] == model.tok.eos_token_id:
+                break
+        assert greedy(model, embeds, model.tok, trie) == node[None]
+    train(model, _examples(model, 4), TrainConfig(steps=1, batch_size=2, warmup=1), tmp_path / "ck",
+          progress=False)
+    other = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
+    with pytest.raises(CheckpointError, match="backbone_layers: checkpoint 3 vs config 0"):
+        load_checkpoint(other, tmp_path / "ck")
