@@ -111,6 +111,11 @@ def test_train_phrasings_are_groundable_and_never_held_out():
         world.close()
     for fam in FAMILIES.values():
         assert not set(fam.train_templates) & set(fam.heldout_templates), fam.name
+    from benchmarks.unseen_requests import UNSEEN_REQUESTS  # measurement-only sentences: in no pool
+
+    for family, requests in UNSEEN_REQUESTS.items():
+        pools = FAMILIES[family].train_templates + FAMILIES[family].heldout_templates
+        assert not {r.split("{")[0] for r in requests} & {t.split("{")[0] for t in pools}, family
 
 
 def test_planner_refuses_an_instruction_naming_a_missing_object():
