@@ -1,10 +1,9 @@
 """Questions phrased as requests, in no pool: does the planner answer them or act on them?
 
-Every trained question once ended in a question mark, and the held-out L3 requests ("Tell me the colour
-of …", "Name the colour of …") were read as commands and answered with a ``pick``.  The train pools
-now hold two requests per question family ("Say what colour …", "Check whether …"); the sentences
-below were written for this measurement only, never enter training or L3
-(tests/test_grounding.py checks), and carry other verbs and frames.
+Every trained question ends in a question mark, and the held-out L3 requests ("Tell me the colour of
+…", "Name the colour of …") are often read as commands and answered with a ``pick``.  The sentences
+below were written for this measurement only, never enter training or L3 (tests/test_grounding.py
+checks), and carry other verbs and frames than both pools; benchmarks/README.md has the figures.
 
 Writes test-seed L1 specs whose ``instruction`` is one of them, both reference styles (q1's colour
 style names the block by place, as its L1 does), for ``stage=eval eval.spec=...``::

@@ -60,10 +60,6 @@ class _Blocks(TaskFamily):
 
 
 class _Question(_Blocks):
-    """A question answered with ``answer <word>``.  Each train pool ends with two requests phrased as
-    commands ("Say what colour ...", "Check whether ..."): with only question marks in training, the
-    held-out "Tell me ..." / "Name the colour of ..." were read as commands and answered with a pick."""
-
     kind = "question"
 
     def truth(self, ep: TaskEpisode, objects: dict[str, ObjectInfo]) -> str:
@@ -89,8 +85,7 @@ class Q1Color(_Question):
     param_keys = ("target",)
     levels = ("L1", "L2", "L3")
     train_templates = ("What colour is {obj}?", "Which colour does {obj} have?", "What is the colour of {obj}?",
-                       "Which colour is {obj}?", "What colour does {obj} have?",
-                       "Say what colour {obj} is.", "Report the colour of {obj}.")
+                       "Which colour is {obj}?", "What colour does {obj} have?")
     heldout_templates = ("Tell me the colour of {obj}.", "Name the colour of {obj}.")
 
     def answers(self) -> tuple[str, ...]:
@@ -133,8 +128,7 @@ class Q2OnTable(_Question):
     param_keys = ("target",)
     levels = ("L1", "L2", "L3")
     train_templates = ("Is {obj} on the table?", "Does {obj} rest on the table?", "Is {obj} lying on the table?",
-                       "Is {obj} placed on the table?", "Does {obj} stand on the table?",
-                       "Check whether {obj} is on the table.", "Say if {obj} rests on the table.")
+                       "Is {obj} placed on the table?", "Does {obj} stand on the table?")
     heldout_templates = ("Is {obj} sitting directly on the table?", "Tell me whether {obj} touches the table.")
 
     def build_scene(self, world, ep, rng) -> None:
@@ -153,8 +147,7 @@ class Q3OnObject(_Question):
     color_keys = ("top", "bottom")
     levels = ("L1", "L2", "L3")
     train_templates = ("Is {top} on {bottom}?", "Is {top} stacked on {bottom}?", "Is {top} resting on {bottom}?",
-                       "Has {top} been placed on {bottom}?", "Does {top} lie on {bottom}?",
-                       "Check whether {top} is on {bottom}.", "Say if {top} is stacked on {bottom}.")
+                       "Has {top} been placed on {bottom}?", "Does {top} lie on {bottom}?")
     heldout_templates = ("Does {top} sit on top of {bottom}?", "Tell me whether {top} rests on {bottom}.")
 
     def build_scene(self, world, ep, rng) -> None:
@@ -176,8 +169,7 @@ class Q4Feasible(_Question):
     param_keys = ("target",)
     levels = ("L1", "L2", "L3")
     train_templates = ("Can {obj} be picked up now?", "Is it possible to pick up {obj} right now?",
-                       "Can you lift {obj} right now?", "Can {obj} be grasped now?", "Is {obj} clear to pick up?",
-                       "Check whether {obj} can be picked up now.", "Say if {obj} can be lifted right now.")
+                       "Can you lift {obj} right now?", "Can {obj} be grasped now?", "Is {obj} clear to pick up?")
     heldout_templates = ("Could the robot grasp {obj} at this moment?", "Is {obj} free to be picked up?")
 
     def build_scene(self, world, ep, rng) -> None:
