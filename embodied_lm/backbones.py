@@ -106,6 +106,19 @@ def load_tiny(n_layers: int = 4, hidden: int = 256):
     return LlamaForCausalLM(cfg), tok
 
 
+def decoder_layers(name: str) -> int:
+    """How many decoder layers backbone ``name`` has, read from its config (no weights loaded)."""
+    from transformers import AutoConfig
+
+    if name == "tiny":
+        return load_tiny.__defaults__[0]
+    path = _smollm2_dir() if name == "smollm2" else Path(name)
+    if name not in BACKBONES and not (path / "config.json").is_file():
+        raise ValueError(f"backbone {name!r}: not a registered name ({', '.join(sorted(BACKBONES))}) "
+                         f"nor a local Hugging Face model directory")
+    return AutoConfig.from_pretrained(path).num_hidden_layers
+
+
 def truncate(lm, layers: int) -> None:
     """Keep ``layers`` decoder layers of ``lm`` in place: the first ``layers - 1`` and the last.  Deep
     layers next to the last change the residual stream least (Gromov et al. 2024, "The Unreasonable

@@ -144,8 +144,8 @@ class SensorsConfig:
 @dataclass
 class BackboneConfig:
     name: str = "smollm2"  # smollm2 | tiny | a local Hugging Face model directory
-    # decoder layers kept (0 = all): the first layers-1 and the last (embodied_lm.backbones.truncate);
-    # a layer costs the same in training and planning, so 20 of SmolLM2's 30 take a third off both
+    # decoder layers kept (0 = all): the first layers-1 and the last (embodied_lm.backbones.truncate).
+    # 20 of SmolLM2's 30 train a third faster and a much worse model at the main job's budget
     layers: int = 0
 
     def __post_init__(self) -> None:

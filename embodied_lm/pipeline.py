@@ -306,6 +306,11 @@ def run(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: str | Path) -> Path |
         _check_dataset_fits(cfg, _dataset(cfg, run_dir, must_exist=True))
     if "eval" in stages and "train" not in stages and lm:
         _checkpoint(cfg, run_dir, must_exist=True)
+    if "train" in stages and cfg.backbone.layers:
+        from embodied_lm.backbones import decoder_layers
+
+        if cfg.backbone.layers > (n := decoder_layers(cfg.backbone.name)):
+            raise ConfigError(f"backbone.layers={cfg.backbone.layers}: {cfg.backbone.name} has {n} decoder layers")
     torch.set_num_threads(cfg.threads or free_cores())
     run_dir.mkdir(parents=True, exist_ok=True)
     timing: dict[str, float] = {}

@@ -210,6 +210,13 @@ def test_bad_spec_file_rejected_before_anything_runs(tmp_path):
         assert not (tmp_path / "run" / "results.json").exists() and not (tmp_path / "run" / "demos.zarr").exists()
 
 
+def test_too_many_backbone_layers_refused_before_collection(tmp_path):
+    out = _run("planner=embodied_lm", "preset=smoke", "backbone.layers=9", f"hydra.run.dir={tmp_path / 'run'}")
+    err = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and err == ["error: backbone.layers=9: tiny has 4 decoder layers"], out.stderr
+    assert not (tmp_path / "run" / "demos.zarr").exists()
+
+
 def test_store_without_images_refused_before_an_image_encoder_trains(tmp_path):
     """Demonstrations recorded without images (blank frames) cannot train the ViT: refused before any
     model loads."""
