@@ -46,7 +46,7 @@ class EmbodiedLMPlanner:
         model.merge_lora()
         self.constrained = constrained
         self.precision = precision  # fp32, or bf16 autocast (embodied_lm.model.autocast)
-        self.needs_images = model.cfg.sensors != "state"
+        self.needs_images = model.encoder.reads_images  # perceived: object rows + colours, as a robot sends
         self.detect = detect  # judge each skill from the observations before and after it
         self._tries: dict[tuple, Trie] = {}
 
@@ -54,15 +54,16 @@ class EmbodiedLMPlanner:
     def run_args(cls, cfg, model=None, checkpoint=None) -> tuple[dict[str, Any], bool]:
         """The model in this process, or (Ray workers, or no model yet) its checkpoint to load."""
         from embodied_lm.train import load_trained, read_checkpoint_config
+        from sensors import ENCODERS
 
         decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision}
         if cfg.ray.enabled:
             model_cfg = read_checkpoint_config(checkpoint)["model"]
             decode["detect"] = _detect(cfg, model_cfg.get("transitions", []))
-            return {"checkpoint": checkpoint, **decode}, model_cfg["sensors"] != "state"
+            return {"checkpoint": checkpoint, **decode}, ENCODERS[model_cfg["sensors"]].reads_images
         model = model if model is not None else load_trained(checkpoint, seed=cfg.seed)
         decode["detect"] = _detect(cfg, model.cfg.transitions)
-        return {"model": model, **decode}, model.cfg.sensors != "state"
+        return {"model": model, **decode}, model.encoder.reads_images
 
     def reset(self, env, obs, info) -> None:
         from transformers import DynamicCache

@@ -88,6 +88,7 @@ class Encoder(nn.Module):
     kind: ClassVar[str]  # "image" | "objects"
     # how to record demonstrations this encoder can read (the error for a store that lacks its keys)
     store_hint: ClassVar[str] = "record the demonstrations with images (collect.images=true)"
+    reads_images: ClassVar[bool] = True  # False: plans from object rows alone (no frames, no camera params)
     config_cls: ClassVar[type[EncoderConfig]]
 
     def __init__(self, config: EncoderConfig):

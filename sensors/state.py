@@ -69,6 +69,7 @@ def object_features(objects: Tensor, center: Tensor, scale: float) -> Tensor:
 @register_encoder("state")
 class StateEncoder(Encoder):
     kind = "objects"
+    reads_images = False
     config_cls = StateConfig
     relation_targets = True  # object k's tokens come from row k of obs["objects"]: the anchor loss applies
     node_inputs = NODE_FEATURES

@@ -170,3 +170,26 @@ def test_a_dropped_block_keeps_its_name_and_is_not_held():
         assert obs["objects"][:, Col.PRESENT].sum() == 4
     finally:
         e.close()
+
+
+def test_a_perceived_model_plans_on_a_robot_that_sends_no_camera_params(env):
+    """A robot (embodiment=ros) sends object rows and their colours, not the sim's camera_params: the
+    perceived model reads none of it, so its planner neither asks the robot for cameras nor needs frames."""
+    from embodied_lm.lm_planner import EmbodiedLMPlanner
+    from embodied_lm.model import EmbodiedLM, ModelConfig
+
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="perceived", relation_loss=1.0,
+                                   encoder={"pointers": ["support", "above", "top"]}), seed=0)
+
+    class Robot:  # the sim, minus what a RosEmbodiment does not have
+        def __getattr__(self, name):
+            if name == "camera_params":
+                raise AttributeError(name)
+            return getattr(env, name)
+
+    planner = EmbodiedLMPlanner(model=model)
+    assert not planner.needs_images
+    obs, info = env.reset(options={"spec": STACK})
+    planner.reset(Robot(), obs, info)
+    step = planner.act(obs, info)
+    assert step.split()[0] in ("pick", "place", "push", "answer", "done"), step
