@@ -18,7 +18,6 @@ import argparse
 from dataclasses import replace
 
 from sim.tasks import FAMILIES, build_episode, generate_specs
-from sim.tasks.language import phrasing_rng, ref_form
 from sim.world import World, WorldConfig
 
 UNSEEN_REQUESTS = {
@@ -31,17 +30,16 @@ UNSEEN_REQUESTS = {
 }
 
 
-def unseen_specs(episodes: int, seed: int = 0, level: str = "L1"):
+def unseen_specs(episodes: int, seed: int = 0):
     """``episodes`` test specs per question family, alternating the reference style, each with one of
     the family's unseen requests (in turn) filled for its own scene."""
     out = []
     world = World(WorldConfig())
     try:
         for family, templates in UNSEEN_REQUESTS.items():
-            for i, spec in enumerate(generate_specs([family], [level], episodes, seed=seed, split="test",
+            for i, spec in enumerate(generate_specs([family], ["L1"], episodes, seed=seed, split="test",
                                                     refer="mixed")):
-                ep = build_episode(world, spec)
-                ep.scratch["ref_form"] = ref_form(phrasing_rng(spec.seed))
+                ep = build_episode(world, spec)  # L1: with the referring form its phrasing stream draws
                 text = templates[i % len(templates)].format(**FAMILIES[family].fill(ep))
                 out.append(replace(spec, instruction=text))
     finally:

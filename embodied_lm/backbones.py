@@ -88,8 +88,11 @@ def load_smollm2():
     return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32), AutoTokenizer.from_pretrained(d)
 
 
+TINY_LAYERS = 4
+
+
 @register_backbone("tiny")
-def load_tiny(n_layers: int = 4, hidden: int = 256):
+def load_tiny(n_layers: int = TINY_LAYERS, hidden: int = 256):
     """SmolLM2's tokenizer and architecture family, few layers, random init (seeded by the caller)."""
     from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
 
@@ -111,12 +114,8 @@ def decoder_layers(name: str) -> int:
     from transformers import AutoConfig
 
     if name == "tiny":
-        return load_tiny.__defaults__[0]
-    path = _smollm2_dir() if name == "smollm2" else Path(name)
-    if name not in BACKBONES and not (path / "config.json").is_file():
-        raise ValueError(f"backbone {name!r}: not a registered name ({', '.join(sorted(BACKBONES))}) "
-                         f"nor a local Hugging Face model directory")
-    return AutoConfig.from_pretrained(path).num_hidden_layers
+        return TINY_LAYERS
+    return AutoConfig.from_pretrained(_smollm2_dir() if name == "smollm2" else _local_dir(name)).num_hidden_layers
 
 
 def truncate(lm, layers: int) -> None:
@@ -141,10 +140,16 @@ def load_backbone(name: str):
     """(model, tokenizer) for a registered name or a local HF directory."""
     if name in BACKBONES:
         return BACKBONES[name]()
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    path = _local_dir(name)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+
+
+def _local_dir(name: str) -> Path:
+    """``name`` as a local Hugging Face model directory, or a ValueError naming what it is not."""
     path = Path(name)
     if path.is_dir() and (path / "config.json").is_file():
-        from transformers import AutoModelForCausalLM, AutoTokenizer
-
-        return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
+        return path
     raise ValueError(f"backbone {name!r}: not a registered name ({', '.join(sorted(BACKBONES))}) "
                      f"nor a local Hugging Face model directory")
