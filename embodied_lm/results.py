@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import platform
 from collections.abc import Sequence
 from importlib import metadata
@@ -28,11 +29,27 @@ def versions() -> dict[str, str]:
     return out
 
 
+def machine_info() -> dict[str, Any]:
+    """The CPU that made a figure: model, usable cores and its bf16 paths (AVX512-BF16, AMX), from Linux's
+    /proc/cpuinfo; a training step's cost differs by ~3x between such CPUs (benchmarks/README.md)."""
+    info: dict[str, Any] = {"cpu": platform.processor() or "?", "cores": len(os.sched_getaffinity(0))}
+    try:
+        first_cpu = Path("/proc/cpuinfo").read_text().split("\n\n")[0]
+    except OSError:
+        return info
+    pairs = (line.split(":", 1) for line in first_cpu.splitlines() if ":" in line)
+    fields = {k.strip(): v.strip() for k, v in pairs}
+    flags = set(fields.get("flags", "").split())
+    info.update(cpu=fields.get("model name", info["cpu"]), avx512_bf16="avx512_bf16" in flags,
+                amx_bf16="amx_bf16" in flags)
+    return info
+
+
 def build_results(task: str, planner: str, config: dict[str, Any], rows: Sequence[EpisodeRow],
                   timing: dict[str, float]) -> dict[str, Any]:
     families, summary = summarize(rows)
     return {"schema": SCHEMA, "task": task, "planner": planner, "config": config, "families": families,
-            "summary": summary, "timing": timing, "versions": versions()}
+            "summary": summary, "timing": timing, "versions": versions(), "machine": machine_info()}
 
 
 def write_results(run_dir: str | Path, results: dict[str, Any], rows: Sequence[EpisodeRow]) -> Path:

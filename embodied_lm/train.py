@@ -27,7 +27,7 @@ from tqdm import tqdm
 from embodied_lm.atomic import staged_dir
 from embodied_lm.config import TrainConfig  # the one train config: defaults and checks
 from embodied_lm.data import Example
-from embodied_lm.model import EmbodiedLM, ModelConfig, autocast
+from embodied_lm.model import EmbodiedLM, ModelConfig, autocast, frozen_weights_for
 from embodied_lm.sentence import IGNORE, collate
 
 SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at train.sensor_lr
@@ -178,55 +178,56 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step",
                disable=not progress or rank != 0, dynamic_ncols=True)
     t0 = time.perf_counter() - state["train_s"]
-    while state["step"] < cfg.steps:
-        idx = draw(rng)  # the global batch: the same on every rank
-        mine = np.array_split(idx, world_size)[rank]
-        lr_scale = _lr_scale(state["step"], cfg)
-        for g, lr in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr * lr_scale
-        n_mine, n_global = int(n_answer[mine].sum()), int(n_answer[idx].sum())
-        # DDP averages over ranks -> scaled, the gradient of the global batch's mean loss
-        scale = world_size * n_mine / n_global
-        opt.zero_grad(set_to_none=True)
-        loss = 0.0
-        parts = length_groups(mine, lengths, cfg.micro_batches)
-        for i, part in enumerate(parts):
-            batch = to_device(make_batch(examples, part, pad), device)
-            sync = i == len(parts) - 1 or not hasattr(forward, "no_sync")  # DDP: all-reduce once per step
-            with nullcontext() if sync else forward.no_sync():
-                with autocast(device.type, cfg.precision):
-                    part_loss = forward(batch, answer_share=float(n_answer[part].sum() / n_mine),
-                                        obs_share=float(n_obs[part].sum() / n_obs[mine].sum()))
-                (part_loss * scale).backward()
-            loss = loss + part_loss.detach()  # this slice's mean over its answer tokens
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        if world_size > 1:
-            total = (loss * (n_mine / n_global)).reshape(1)
-            torch.distributed.all_reduce(total)
-            loss_value = total.item()
-        else:
-            loss_value = loss.item()
-        state["step"] += 1
-        state["losses"].append(round(loss_value, 5))
-        state["tokens"] += sum(len(examples[i].sentence.ids) for i in idx)
-        state["train_s"] = time.perf_counter() - t0
-        bar.update(1)
-        bar.set_postfix(loss=f"{state['losses'][-1]:.3f}", refresh=False)
-        if not progress and rank == 0 and state["step"] % 25 == 0:  # logs without a bar still show progress
-            recent = np.mean(state["losses"][-25:])
-            print(f"train step {state['step']}/{cfg.steps} loss {recent:.3f} "
-                  f"{state['tokens'] / state['train_s']:.0f} tokens/s"
-                  + (f" ({world_size} workers)" if world_size > 1 else ""), flush=True)
-        last = state["step"] == cfg.steps or (stop_after is not None and state["step"] >= stop_after)
-        if state["step"] % cfg.checkpoint_every == 0 or last:
-            if rank == 0:
-                save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
-            if report is not None:
-                report(state, lr_scale)
-                reported = True
-        if last:
-            break
+    with frozen_weights_for(model, device.type, cfg.precision):
+        while state["step"] < cfg.steps:
+            idx = draw(rng)  # the global batch: the same on every rank
+            mine = np.array_split(idx, world_size)[rank]
+            lr_scale = _lr_scale(state["step"], cfg)
+            for g, lr in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr * lr_scale
+            n_mine, n_global = int(n_answer[mine].sum()), int(n_answer[idx].sum())
+            # DDP averages over ranks -> scaled, the gradient of the global batch's mean loss
+            scale = world_size * n_mine / n_global
+            opt.zero_grad(set_to_none=True)
+            loss = 0.0
+            parts = length_groups(mine, lengths, cfg.micro_batches)
+            for i, part in enumerate(parts):
+                batch = to_device(make_batch(examples, part, pad), device)
+                sync = i == len(parts) - 1 or not hasattr(forward, "no_sync")  # DDP: all-reduce once per step
+                with nullcontext() if sync else forward.no_sync():
+                    with autocast(device.type, cfg.precision):
+                        part_loss = forward(batch, answer_share=float(n_answer[part].sum() / n_mine),
+                                            obs_share=float(n_obs[part].sum() / n_obs[mine].sum()))
+                    (part_loss * scale).backward()
+                loss = loss + part_loss.detach()  # this slice's mean over its answer tokens
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            opt.step()
+            if world_size > 1:
+                total = (loss * (n_mine / n_global)).reshape(1)
+                torch.distributed.all_reduce(total)
+                loss_value = total.item()
+            else:
+                loss_value = loss.item()
+            state["step"] += 1
+            state["losses"].append(round(loss_value, 5))
+            state["tokens"] += sum(len(examples[i].sentence.ids) for i in idx)
+            state["train_s"] = time.perf_counter() - t0
+            bar.update(1)
+            bar.set_postfix(loss=f"{state['losses'][-1]:.3f}", refresh=False)
+            if not progress and rank == 0 and state["step"] % 25 == 0:  # logs without a bar still show progress
+                recent = np.mean(state["losses"][-25:])
+                print(f"train step {state['step']}/{cfg.steps} loss {recent:.3f} "
+                      f"{state['tokens'] / state['train_s']:.0f} tokens/s"
+                      + (f" ({world_size} workers)" if world_size > 1 else ""), flush=True)
+            last = state["step"] == cfg.steps or (stop_after is not None and state["step"] >= stop_after)
+            if state["step"] % cfg.checkpoint_every == 0 or last:
+                if rank == 0:
+                    save_checkpoint(model, opt, cfg, {**state, "rng": rng.bit_generator.state}, out_dir)
+                if report is not None:
+                    report(state, lr_scale)
+                    reported = True
+            if last:
+                break
     bar.close()
     if report is not None and not reported:
         report(state, lr_scale)

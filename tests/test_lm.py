@@ -218,6 +218,31 @@ def test_micro_batches_train_the_same_model(tmp_path):
     np.testing.assert_allclose(runs[2], runs[0], atol=1e-4)
 
 
+def test_bf16_training_stores_frozen_weights_in_bf16_only_while_it_trains(tmp_path, monkeypatch):
+    """bf16 autocast with the frozen LM's linear weights held in bf16 (no cast in every forward) trains the
+    same losses as casting them each time, and the fp32 weights are back afterwards."""
+    from contextlib import nullcontext
+
+    from embodied_lm import train as train_module
+
+    tcfg = train_module.TrainConfig(steps=3, batch_size=4, warmup=1, checkpoint_every=100, precision="bf16")
+    runs = {}
+    for stored in (True, False):
+        if not stored:
+            monkeypatch.setattr(train_module, "frozen_weights_for", lambda *a: nullcontext())
+        model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0)
+        frozen = {n: p.detach().clone() for n, p in model.lm.named_parameters() if not p.requires_grad}
+        q_proj = model.body.layers[0].self_attn.q_proj.base_layer
+        seen = []
+        model.body.register_forward_hook(lambda *_, w=q_proj.weight, seen=seen: seen.append(w.dtype))
+        runs[stored] = train_module.train(model, _examples(model), tcfg, tmp_path / str(stored),
+                                          progress=False)["losses"]
+        assert set(seen) == {torch.bfloat16 if stored else torch.float32}
+        now = dict(model.lm.named_parameters())
+        assert all(now[n].dtype == torch.float32 and torch.equal(now[n], w) for n, w in frozen.items())
+    assert runs[True] == runs[False]
+
+
 def test_checkpoint_from_another_config_is_refused(tmp_path):
     from embodied_lm.train import CheckpointError, TrainConfig, load_checkpoint, train
 

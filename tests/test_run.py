@@ -140,6 +140,7 @@ def test_oracle_eval_writes_results(tmp_path):
     assert set(res["families"]) == {"p1_grasp", "q3_on_object"}
     assert res["families"]["p1_grasp"]["L1"]["success_rate"] == 1.0
     assert res["config"]["seed"] == 3 and res["versions"]["pybullet"]
+    assert res["machine"]["cores"] >= 1 and {"cpu", "avx512_bf16", "amx_bf16"} <= set(res["machine"])
     assert set(res["timing"]) == {"collect_s", "train_s", "eval_s", "planner_ms_per_step", "sim_steps_per_s",
                                   "torch_threads"}
     eps = [json.loads(x) for x in (tmp_path / "episodes.jsonl").read_text().splitlines()]
