@@ -34,7 +34,7 @@ from embodied_lm.config import RunConfig
 from embodied_lm.data import Example, prompt_text
 from embodied_lm.evaluate import run_episode
 from embodied_lm.lm_planner import EmbodiedLMPlanner
-from embodied_lm.model import EmbodiedLM, autocast, frozen_weights_for, native_bf16
+from embodied_lm.model import EmbodiedLM, autocast, bf16_training, native_bf16
 from embodied_lm.planners import make_planner
 from embodied_lm.train import _optimizer, length_groups, make_batch
 from sim.env import EnvConfig, TabletopEnv
@@ -103,7 +103,7 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
                  for p in length_groups(idx, lengths, micro_batches)]
         counter = FlopCounterMode(display=False) if i == 0 else None
         t = time.perf_counter()
-        with counter or torch.enable_grad(), frozen_weights_for(model, "cpu", precision):
+        with counter or torch.enable_grad(), bf16_training(model, "cpu", precision):
             opt.zero_grad(set_to_none=True)
             for b in parts:
                 with autocast("cpu", precision):

@@ -80,18 +80,12 @@ def _smollm2_dir() -> Path:
     return cached
 
 
-# Plain matmul attention: on CPU, SDPA's flash kernel spends ~12 ms per layer in its backward on the main
-# job's ~100-token sentences; eager attention trains ~20 % faster per step (benchmarks/README.md, LM speed).
-ATTENTION = "eager"
-
-
 @register_backbone("smollm2")
 def load_smollm2():
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = _smollm2_dir()
-    lm = AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32, attn_implementation=ATTENTION)
-    return lm, AutoTokenizer.from_pretrained(d)
+    return AutoModelForCausalLM.from_pretrained(d, dtype=torch.float32), AutoTokenizer.from_pretrained(d)
 
 
 TINY_LAYERS = 4
@@ -111,8 +105,7 @@ def load_tiny(n_layers: int = TINY_LAYERS, hidden: int = 256):
     cfg = LlamaConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=hidden * 8 // 3,
                       num_hidden_layers=n_layers, num_attention_heads=4, num_key_value_heads=2,
                       max_position_embeddings=2048, rope_theta=100000.0, tie_word_embeddings=True,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                      attn_implementation=ATTENTION)
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
     return LlamaForCausalLM(cfg), tok
 
 
@@ -150,8 +143,7 @@ def load_backbone(name: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     path = _local_dir(name)
-    lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32, attn_implementation=ATTENTION)
-    return lm, AutoTokenizer.from_pretrained(path)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32), AutoTokenizer.from_pretrained(path)
 
 
 def _local_dir(name: str) -> Path:

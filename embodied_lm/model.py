@@ -57,24 +57,30 @@ def autocast(device_type: str, precision: str = "auto"):
 
 
 @contextmanager
-def frozen_weights_for(model: nn.Module, device_type: str, precision: str = "auto"):
-    """While bf16 autocast trains, the frozen LM's linear weights are kept in bf16: autocast would cast
-    each one again in every forward (the same numbers: gradients bit-identical, ~6 % of a step on 2
-    cores).  The fp32 weights come back on exit.  Embeddings stay fp32 (the head reads them in fp32)."""
+def bf16_training(model: nn.Module, device_type: str, precision: str = "auto"):
+    """What a bf16 autocast training loop changes on the LM, undone on exit (fp32: nothing).  The frozen
+    LM's linear weights are held in bf16 (autocast would cast each one again in every forward; the same
+    numbers, gradients bit-identical).  On a CPU, eager attention: SDPA's flash kernel makes bf16 steps
+    ~27 % slower in its backward on ~100-token sentences (fp32: no difference, so fp32 keeps SDPA and
+    the numbers its recipe was measured with).  Embeddings stay fp32 (the head reads them in fp32)."""
     if resolve_precision(device_type, precision) != "bf16":
         yield
         return
-    lm = model.lm
+    lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    attention = lm.config._attn_implementation
     skip = {id(lm.get_input_embeddings().weight), id(lm.get_output_embeddings().weight)}
     frozen = [p for p in lm.parameters() if not p.requires_grad and p.dim() == 2 and id(p) not in skip]
     fp32 = [p.data for p in frozen]
     for p in frozen:
         p.data = p.data.to(torch.bfloat16)
+    if device_type == "cpu":
+        lm.set_attn_implementation("eager")
     try:
         yield
     finally:
         for p, data in zip(frozen, fp32):
             p.data = data
+        lm.set_attn_implementation(attention)
 
 
 @dataclass

@@ -219,8 +219,9 @@ def test_micro_batches_train_the_same_model(tmp_path):
 
 
 def test_bf16_training_stores_frozen_weights_in_bf16_only_while_it_trains(tmp_path, monkeypatch):
-    """bf16 autocast with the frozen LM's linear weights held in bf16 (no cast in every forward) trains the
-    same losses as casting them each time, and the fp32 weights are back afterwards."""
+    """A bf16 training loop holds the frozen LM's linear weights in bf16 (no cast in every forward) and
+    attends eagerly: the same losses as casting each time under eager attention, and the fp32 weights
+    and the loaded attention are back afterwards."""
     from contextlib import nullcontext
 
     from embodied_lm import train as train_module
@@ -228,18 +229,24 @@ def test_bf16_training_stores_frozen_weights_in_bf16_only_while_it_trains(tmp_pa
     tcfg = train_module.TrainConfig(steps=3, batch_size=4, warmup=1, checkpoint_every=100, precision="bf16")
     runs = {}
     for stored in (True, False):
-        if not stored:
-            monkeypatch.setattr(train_module, "frozen_weights_for", lambda *a: nullcontext())
         model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0)
+        lm = model.lm.get_base_model()
+        loaded = lm.config._attn_implementation
+        if not stored:  # the reference: weights cast by autocast in every forward, eager attention
+            monkeypatch.setattr(train_module, "bf16_training", lambda *a: nullcontext())
+            lm.set_attn_implementation("eager")
         frozen = {n: p.detach().clone() for n, p in model.lm.named_parameters() if not p.requires_grad}
         q_proj = model.body.layers[0].self_attn.q_proj.base_layer
         seen = []
-        model.body.register_forward_hook(lambda *_, w=q_proj.weight, seen=seen: seen.append(w.dtype))
+        model.body.register_forward_hook(
+            lambda *_, w=q_proj.weight, seen=seen, lm=lm: seen.append((w.dtype, lm.config._attn_implementation)))
         runs[stored] = train_module.train(model, _examples(model), tcfg, tmp_path / str(stored),
                                           progress=False)["losses"]
-        assert set(seen) == {torch.bfloat16 if stored else torch.float32}
+        assert set(seen) == {(torch.bfloat16 if stored else torch.float32, "eager")}
         now = dict(model.lm.named_parameters())
         assert all(now[n].dtype == torch.float32 and torch.equal(now[n], w) for n, w in frozen.items())
+        if stored:
+            assert loaded != "eager" and lm.config._attn_implementation == loaded
     assert runs[True] == runs[False]
 
 
