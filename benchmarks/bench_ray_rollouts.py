@@ -41,20 +41,14 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 from embodied_lm.datasets import ReplayReader, ReplayWriter  # noqa: E402
 from embodied_lm.distributed import episode_planner, init_ray, row_trace, run_parallel  # noqa: E402
 from embodied_lm.evaluate import evaluate  # noqa: E402
+from embodied_lm.results import machine_info  # noqa: E402
 from sim.env import EnvConfig, TabletopEnv  # noqa: E402
 from sim.tasks import FAMILIES, generate_specs  # noqa: E402
 from sim.world import WorldConfig  # noqa: E402
 
 
 def machine() -> str:
-    cpu = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
+    cpu = machine_info()["cpu"]
     return (f"{platform.node()} | {cpu} | {os.cpu_count()} CPUs ({len(os.sched_getaffinity(0))} usable) | "
             f"Python {platform.python_version()} | ray {version('ray')} | pybullet {version('pybullet')}")
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import os
 import platform
 import queue
 import re
@@ -38,15 +37,12 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from embodied_lm.results import machine_info  # noqa: E402
+
 
 def machine() -> str:
-    cpu = platform.processor() or "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    info = machine_info()
+    cpu, cores = info["cpu"], info["cores"]
     system = f"{platform.system()} {platform.release()}, Python {platform.python_version()}"
     return f"{cpu}, {cores} usable cores, {system}"
 

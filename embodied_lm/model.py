@@ -68,7 +68,7 @@ def bf16_training(model: nn.Module, device_type: str, precision: str = "auto"):
         return
     lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
     attention = lm.config._attn_implementation
-    skip = {id(lm.get_input_embeddings().weight), id(lm.get_output_embeddings().weight)}
+    skip = {id(model.embed.weight), id(model.head.weight)}
     frozen = [p for p in lm.parameters() if not p.requires_grad and p.dim() == 2 and id(p) not in skip]
     fp32 = [p.data for p in frozen]
     for p in frozen:
