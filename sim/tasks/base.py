@@ -104,7 +104,10 @@ class TaskEpisode:
         takes the episode's referring form: "the red block", "the red cube", "the red one")."""
         if self.spec.refer == "entity":
             return name
-        return colour_ref(self.scratch.get("ref_form", REF_FORMS[0]), self.colors[name], self.kinds[name])
+        form, colour = self.scratch.get("ref_form", REF_FORMS[0]), self.colors[name]
+        if "{c} one" in form and any(c == colour for n, c in self.colors.items() if n != name):
+            form = REF_FORMS[0]  # "the red one" would name a red block and a red bowl: say which
+        return colour_ref(form, colour, self.kinds[name])
 
     @property
     def max_steps(self) -> int:
