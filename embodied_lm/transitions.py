@@ -1,6 +1,8 @@
 """Questions about a transition, over two observations in one sentence (PaLM-E Table 4, Kosmos-1):
 
-``success`` -- "Before: Scene: ... After: Scene: ... Q: Was pick obj_3 <obj_3> successful? A:" yes | no
+``success`` -- "Before: Scene: ... After: Scene: ... Q: Was pick obj_3 <obj_3> successful? A:"
+               "obj_3 is held, so yes" | "obj_3 is on the table, so no" (the called object's place, then
+               the verdict: the verdict is read off one object's token next to the question; push: yes | no)
 ``change``  -- "Before: Scene: ... After: Scene: ... Q: What changed? A:" "obj_3 is now on obj_1"
 
 The labels are the simulator's: a skill's own verdict (``skill_success``, truthful in the sim, including
@@ -26,6 +28,15 @@ SKILL_VERBS = ("pick", "place", "push")  # calls whose outcome is a question (an
 MOVED = 0.03  # m: a block on the table that moved this far "moved"
 
 
+def _where(objects: np.ndarray, support: int) -> str:
+    """A support value of an ``objects`` row in words: "held", "on the table", "on obj_1", "in obj_5"."""
+    if support < 0:
+        return "held"
+    if support == 0:
+        return "on the table"
+    return f"{'in' if KINDS[int(objects[support - 1, Col.KIND])] == 'bowl' else 'on'} obj_{support}"
+
+
 def change_text(before: np.ndarray, after: np.ndarray) -> str:
     """What changed between two ``objects`` arrays (16, 12), from their support relations:
     "obj_3 is now on obj_1" / "... in obj_5" / "... on the table" / "... held", "obj_2 moved" (on the
@@ -34,13 +45,7 @@ def change_text(before: np.ndarray, after: np.ndarray) -> str:
     for k in sorted(set(present_slots(before)) | set(present_slots(after))):
         sb, sa = int(before[k - 1, Col.SUPPORT]), int(after[k - 1, Col.SUPPORT])
         if sb != sa:
-            if sa < 0:
-                where = "held"
-            elif sa == 0:
-                where = "on the table"
-            else:
-                where = f"{'in' if KINDS[int(after[sa - 1, Col.KIND])] == 'bowl' else 'on'} obj_{sa}"
-            parts.append(f"obj_{k} is now {where}")
+            parts.append(f"obj_{k} is now {_where(after, sa)}")
         elif sa == 0 and np.linalg.norm(after[k - 1, Col.XYZ][:2] - before[k - 1, Col.XYZ][:2]) >= MOVED:
             parts.append(f"obj_{k} moved")
     return " and ".join(parts) or "nothing changed"
@@ -83,6 +88,39 @@ def holds(call: str, after: np.ndarray) -> bool | None:
     return None
 
 
+def outcome(call: str, after: np.ndarray) -> str | None:
+    """Where ``after`` shows the called object ("obj_3 is held", "obj_3 is on obj_1"): the reason a
+    success answer gives before its verdict; None for a call whose outcome is not a place (push)."""
+    w = call.split(" ")
+    if w[0] not in ("pick", "place"):
+        return None
+    slot = int(w[1][4:])
+    return f"obj_{slot} is {_where(after, int(after[slot - 1, Col.SUPPORT]))}"
+
+
+def success_answer(call: str, ok: bool, after: np.ndarray) -> str:
+    """"obj_3 is on obj_1, so yes": the called object's place, then the verdict (push: the verdict)."""
+    reason = outcome(call, after)
+    return f"{reason}, so {'yes' if ok else 'no'}" if reason else ("yes" if ok else "no")
+
+
+def success_answers(call: str, after: np.ndarray) -> list[str]:
+    """Every well-formed answer to the success question about ``call`` in the scene ``after``: the object
+    held, on the table or on / in any other present object, each with either verdict, and the bare
+    verdicts (a model trained before the reasons)."""
+    w = call.split(" ")
+    if w[0] not in ("pick", "place"):
+        return ["yes", "no"]
+    slot = int(w[1][4:])
+    places = ["held", "on the table"] + [_where(after, k) for k in present_slots(after) if k != slot]
+    return ["yes", "no"] + [f"obj_{slot} is {p}, so {v}" for p in places for v in ("yes", "no")]
+
+
+def verdict(answer: str | None) -> str | None:
+    """"yes" | "no" of a success answer (with or without its reason)."""
+    return None if answer is None else answer.rsplit(" ", 1)[-1]
+
+
 def counterfactual(call: str, after: np.ndarray, rng: np.random.Generator) -> str | None:
     """The call with its last object swapped for another present object (another block picked, another
     target placed on): a question whose answer is usually "no" although the scene changed -- so a
@@ -100,8 +138,8 @@ def counterfactual(call: str, after: np.ndarray, rng: np.random.Generator) -> st
     return " ".join(w)
 
 
-def label(which: str, ok: bool, before: np.ndarray, after: np.ndarray) -> str:
-    return ("yes" if ok else "no") if which == "success" else change_text(before, after)
+def label(which: str, call: str, ok: bool, before: np.ndarray, after: np.ndarray) -> str:
+    return success_answer(call, ok, after) if which == "success" else change_text(before, after)
 
 
 def examples_from_store(path, model, which: Sequence[str], families: Sequence[str] | None = None,
@@ -133,12 +171,12 @@ def examples_from_store(path, model, which: Sequence[str], families: Sequence[st
                 continue
             obs = [enc.preprocess({k: col[i] for k, col in columns.items()}, cameras) for i in (g, g + 1)]
             for w in which:
-                answer = label(w, bool(oks[g]), objects[g], objects[g + 1])
+                answer = label(w, call, bool(oks[g]), objects[g], objects[g + 1])
                 sent = transition_sentence(model, w, call, objects[g], objects[g + 1], enc.kind, answer)
                 out.append(Example(sent, obs, w))
             other = counterfactual(call, objects[g + 1], rng) if "success" in which and counterfactuals else None
             if other is not None:
-                answer = "yes" if holds(other, objects[g + 1]) else "no"
+                answer = success_answer(other, bool(holds(other, objects[g + 1])), objects[g + 1])
                 sent = transition_sentence(model, "success", other, objects[g], objects[g + 1], enc.kind, answer)
                 out.append(Example(sent, obs, "success"))
     return out
@@ -148,15 +186,12 @@ class TransitionJudge:
     """Asks a trained model a transition question about two observations (``obs`` dicts of an env)."""
 
     def __init__(self, model, cameras: dict | None = None, precision: str = "fp32"):
-        from embodied_lm.decode import Trie
-
         self.model, self.cameras, self.precision = model, cameras or {}, precision
-        self._yes_no = Trie(model.tok, ["yes", "no"])
 
     def ask(self, which: str, call: str, before: dict[str, Any], after: dict[str, Any]) -> str:
         import torch
 
-        from embodied_lm.decode import greedy
+        from embodied_lm.decode import Trie, greedy
         from embodied_lm.model import autocast
         from sensors import collate
 
@@ -165,10 +200,11 @@ class TransitionJudge:
         sensors = collate([m.encoder.preprocess(o, self.cameras) for o in (before, after)])
         with torch.no_grad(), autocast("cpu", self.precision):
             embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
-            return greedy(m, embeds, m.tok, self._yes_no if which == "success" else None, max_new=32)
+            trie = Trie(m.tok, success_answers(call, after["objects"])) if which == "success" else None
+            return greedy(m, embeds, m.tok, trie, max_new=32)
 
     def succeeded(self, call: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
-        return self.ask("success", call, before, after) == "yes"
+        return verdict(self.ask("success", call, before, after)) == "yes"
 
 
 @dataclass
@@ -232,16 +268,17 @@ def transition_metrics(rows: Sequence[TransitionRow]) -> dict[str, Any]:
                            if rows else 0.0}
     judged = [r for r in rows if r.success_answer is not None]
     if judged:
-        tp = sum(not r.skill_success and r.success_answer == "no" for r in judged)
-        fp = sum(r.skill_success and r.success_answer == "no" for r in judged)
-        fn = sum(not r.skill_success and r.success_answer != "no" for r in judged)
+        said_no = [verdict(r.success_answer) == "no" for r in judged]
+        tp = sum(not r.skill_success and no for r, no in zip(judged, said_no))
+        fp = sum(r.skill_success and no for r, no in zip(judged, said_no))
+        fn = sum(not r.skill_success and not no for r, no in zip(judged, said_no))
         prec = tp / max(tp + fp, 1)
         rec = tp / max(tp + fn, 1)
         failures = tp + fn  # none (no faults): recall and F1 are undefined, not 0
         f1 = round(2 * prec * rec / max(prec + rec, 1e-9), 4) if failures else None
         out["success"] = {"f1_failure": f1, "precision": round(prec, 4),
                           "recall": round(rec, 4) if failures else None,
-                          "accuracy": round(float(np.mean([(r.success_answer == "yes") == r.skill_success
+                          "accuracy": round(float(np.mean([(verdict(r.success_answer) == "yes") == r.skill_success
                                                            for r in judged])), 4),
                           "by_fault": _by_fault(judged)}
     changed = [r for r in rows if r.change_answer is not None]
@@ -255,8 +292,8 @@ def _by_fault(rows: Sequence[TransitionRow]) -> dict[str, dict[str, float]]:
     groups: dict[str, list[TransitionRow]] = {}
     for r in rows:
         groups.setdefault(r.fault or "none", []).append(r)
-    return {k: {"steps": len(v), "accuracy": round(float(np.mean([(r.success_answer == "yes") == r.skill_success
-                                                                   for r in v])), 4)}
+    return {k: {"steps": len(v), "accuracy": round(float(np.mean([(verdict(r.success_answer) == "yes")
+                                                                   == r.skill_success for r in v])), 4)}
             for k, v in sorted(groups.items())}
 
 
