@@ -54,12 +54,15 @@ ANSWERS = ("yes", "no", *COLOR_NAMES)  # every answer a question family can expe
 def all_calls(names: Sequence[str], kinds: Sequence[str] | None = None, held: str | None = None,
               answers: bool = True) -> list[str]:
     """Every well-formed call over the objects ``names`` (kinds ``block`` / ``bowl``; ``None`` or ``?``
-    = unknown, which allows both prepositions).  Bowls are placed ``in``, blocks ``on``.  ``held``: only
-    that object can be placed.  ``answers``: include ``answer ...``.  Callers filter this one list by
-    what is possible (the env, the ROS bridge) or decode over it (constrained decoding)."""
+    = unknown, which allows both prepositions).  Bowls are placed ``in``, blocks ``on``; a bowl is only a
+    target, never picked, placed or pushed.  ``held``: only that object can be placed.  ``answers``:
+    include ``answer ...``.  Callers filter this one list by what is possible (the env, the ROS bridge)
+    or decode over it (constrained decoding)."""
     kinds = list(kinds) if kinds is not None else ["?"] * len(names)
     out = ["done"] + ([f"answer {a}" for a in ANSWERS] if answers else [])
-    for a in names:
+    for a, ka in zip(names, kinds):
+        if ka == "bowl":
+            continue
         out.append(f"pick {a}")
         if held is not None and a != held:
             placeable = False

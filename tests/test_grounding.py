@@ -103,7 +103,8 @@ def test_train_phrasings_are_groundable_and_never_held_out():
             ep = build_episode(world, spec)
             objects = world.object_array()
             grounded = ground(ep.instruction, objects)
-            if spec.refer == "color" and spec.task in TAMP:  # every block the task is about is named (q1's by place)
+            # every block the task is about is named (q1's by place)
+            if spec.refer == "color" and spec.task in TAMP:
                 roles = [spec.params[k] for k in FAMILIES[spec.task].param_keys]
                 for colour in (roles[0] if spec.task == "p2_stack" else roles):
                     assert f"{ep.roles[colour]}" in grounded, (ep.instruction, grounded)

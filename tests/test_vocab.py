@@ -18,11 +18,12 @@ def _pushes(a: str) -> list[str]:
 
 def test_all_calls_is_the_decoders_grammar_in_its_order():
     # What embodied_lm.decode.grammar_calls gave before all_calls replaced it (greedy ties break by order).
+    # A bowl is only a target: the decoder cannot pick, place or push one (bowl_match picked bowls).
     expected = ["done", "answer yes", "answer no", *[f"answer {c}" for c in COLORS],
-                "pick obj_1", "place obj_1 on table", "place obj_1 in obj_2", *_pushes("obj_1"),
-                "pick obj_2", "place obj_2 on table", "place obj_2 on obj_1", "push obj_2 to obj_1",
-                *_pushes("obj_2")]
+                "pick obj_1", "place obj_1 on table", "place obj_1 in obj_2", *_pushes("obj_1")]
     assert all_calls(["obj_1", "obj_2"], ["block", "bowl"]) == expected
+    unknown = all_calls(["obj_1", "obj_2"])  # kinds unknown: both prepositions, every object
+    assert "pick obj_2" in unknown and "place obj_1 on obj_2" in unknown and "place obj_1 in obj_2" in unknown
     assert COLOR_NAMES == COLORS
 
 
