@@ -13,6 +13,7 @@ from embodied_lm.model import EmbodiedLM, ModelConfig
 from embodied_lm.planners import make_planner
 from embodied_lm.sentence import collate, inject
 from embodied_lm.transitions import (
+    TransitionJudge,
     TransitionRow,
     change_text,
     counterfactual,
@@ -207,6 +208,21 @@ def test_transition_examples_carry_the_simulator_s_labels(tiny, faulted_store):
     assert [verdict(a) for a in answer[::2]].count("no") > 0 and all(e.sentence.n_obs == 2 for e in plain)
     more = examples_from_store(path, tiny, ["success"])  # + a counterfactual question per step, where there is one
     assert len(steps) < len(more) <= 2 * len(steps) and {e.task for e in more} == {"success"}
+
+
+def test_the_judge_answers_from_the_well_formed_answers_for_the_called_object(tiny):
+    """Even an untrained model's answer is one of ``success_answers`` (constrained decoding), and the
+    planner's verdict is that answer's last word."""
+    env = TabletopEnv(EnvConfig(observe_images=False, faults={"slip": 1.0}))
+    try:
+        steps = [s for s in _oracle_steps(env, P2) if s[0].split()[0] in ("pick", "place")]
+    finally:
+        env.close()
+    judge = TransitionJudge(tiny)
+    for call, before, after, _ in steps[:3]:
+        said = judge.ask("success", call, before, after)
+        assert said in success_answers(call, after["objects"]), (call, said)
+        assert judge.succeeded(call, before, after) == (verdict(said) == "yes")
 
 
 def test_plan_history_keeps_only_the_steps_that_worked(tiny, faulted_store):
