@@ -88,13 +88,18 @@ def holds(call: str, after: np.ndarray) -> bool | None:
     return None
 
 
+def _moved(call: str) -> int | None:
+    """k of the obj_k a pick or place call moves; None for a call whose outcome is not a place (push)."""
+    w = call.split(" ")
+    return int(w[1][4:]) if w[0] in ("pick", "place") else None
+
+
 def outcome(call: str, after: np.ndarray) -> str | None:
     """Where ``after`` shows the called object ("obj_3 is held", "obj_3 is on obj_1"): the reason a
-    success answer gives before its verdict; None for a call whose outcome is not a place (push)."""
-    w = call.split(" ")
-    if w[0] not in ("pick", "place"):
+    success answer gives before its verdict; None for a push."""
+    slot = _moved(call)
+    if slot is None:
         return None
-    slot = int(w[1][4:])
     return f"obj_{slot} is {_where(after, int(after[slot - 1, Col.SUPPORT]))}"
 
 
@@ -108,10 +113,9 @@ def success_answers(call: str, after: np.ndarray) -> list[str]:
     """Every well-formed answer to the success question about ``call`` in the scene ``after``: the object
     held, on the table or on / in any other present object, each with either verdict, and the bare
     verdicts (a model trained before the reasons)."""
-    w = call.split(" ")
-    if w[0] not in ("pick", "place"):
+    slot = _moved(call)
+    if slot is None:
         return ["yes", "no"]
-    slot = int(w[1][4:])
     places = ["held", "on the table"] + [_where(after, k) for k in present_slots(after) if k != slot]
     return ["yes", "no"] + [f"obj_{slot} is {p}, so {v}" for p in places for v in ("yes", "no")]
 
