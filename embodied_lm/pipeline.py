@@ -98,6 +98,9 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     images = cfg.collect.images if cfg.collect.images is not None else cfg.sensors.name != "state"
     images = images or c.perception
     t0 = time.perf_counter()
+    specs = _not_yet_collected(cfg, cfg_dict, path, specs, images)
+    if not specs:
+        return time.perf_counter() - t0
     # "images": false marks blank frames (the env skips rendering), which no image encoder may train on
     with ReplayWriter(path, attrs=store_attrs(cfg, cfg_dict) | {"images": images}) as writer:
         rows, _ = rollouts(cfg, specs, "oracle", {}, images, writer, faults=c.faults, perception=c.perception,
@@ -105,6 +108,38 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     ok = sum(r.success for r in rows)
     print(f"collect: {ok}/{len(rows)} successful oracle episodes -> {path}")
     return time.perf_counter() - t0
+
+
+def _collection_settings(cfg_dict: dict[str, Any], images: bool) -> dict[str, Any]:
+    """What makes two collections one dataset: everything but the episode count."""
+    collect = {f"collect.{k}": v for k, v in cfg_dict.get("collect", {}).items() if k != "episodes"}
+    return {"task": cfg_dict.get("task"), "seed": cfg_dict.get("seed"), "images": images} | collect
+
+
+def _not_yet_collected(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path, specs: list, images: bool) -> list:
+    """Collecting into a store that already holds episodes resumes it: specs recorded there are not
+    collected twice (a re-run, or a killed collection, adds only what is missing).  A store made with other
+    settings is refused rather than mixed into one dataset."""
+    from embodied_lm.datasets import InvalidStoreError, ReplayReader
+
+    try:
+        reader = ReplayReader(path)
+    except InvalidStoreError:
+        return specs  # nothing valid there: the writer creates (or repairs) the store
+    if reader.n_episodes == 0:
+        return specs
+    old = _collection_settings(reader.attrs.get("env_config", {}), bool(reader.attrs.get("images")))
+    new = _collection_settings(cfg_dict, images)
+    diff = [k for k in new if old.get(k) != new[k]]
+    if diff:
+        raise ConfigError(f"{path} holds {reader.n_episodes} demonstrations collected with other settings "
+                          f"({', '.join(diff)}): collect into a new run dir or dataset=..., or delete it")
+    key = ("task", "seed", "level", "refer", "n_objects")
+    have = {tuple(reader.meta(i).get(k) for k in key) for i in range(reader.n_episodes)}
+    todo = [s for s in specs if tuple(getattr(s, k) for k in key) not in have]
+    print(f"collect: {path} already holds {reader.n_episodes} demonstrations; "
+          f"{len(specs) - len(todo)} of the {len(specs)} episodes are there, collecting the other {len(todo)}")
+    return todo
 
 
 def train_stage(cfg: RunConfig, dataset: Path, checkpoint: Path) -> tuple[Any, dict]:

@@ -234,6 +234,26 @@ def test_store_without_images_refused_before_an_image_encoder_trains(tmp_path):
     print(f"refused in {time.perf_counter() - t:.1f} s")
 
 
+def test_collecting_again_resumes_the_store_and_refuses_other_settings(tmp_path):
+    """A second collection into the same store adds only the episodes it lacks (nothing twice); one with
+    other settings is refused, the store untouched."""
+    from embodied_lm.datasets import ReplayReader
+
+    store = tmp_path / "demos.zarr"
+    args = ("stage=collect", "collect.families=[q1_color]", "collect.levels=[L1]", f"dataset={store}")
+    out = _run(*args, "collect.episodes=1", f"hydra.run.dir={tmp_path / 'a'}")
+    assert out.returncode == 0, out.stderr[-1500:]
+    first = ReplayReader(store).meta(0)
+    out = _run(*args, "collect.episodes=2", f"hydra.run.dir={tmp_path / 'b'}")
+    assert out.returncode == 0, out.stderr[-1500:]
+    assert "1 of the 2 episodes are there, collecting the other 1" in out.stdout, out.stdout[-1500:]
+    reader = ReplayReader(store)
+    assert reader.n_episodes == 2 and reader.meta(0) == first and reader.meta(1)["seed"] != first["seed"]
+    out = _run(*args, "collect.episodes=2", "collect.faults={slip:0.5}", f"hydra.run.dir={tmp_path / 'c'}")
+    assert out.returncode == 2 and "collected with other settings (collect.faults)" in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr and ReplayReader(store).n_episodes == 2
+
+
 def _wait_for_episodes(store, n: int, proc, timeout_s: float = 180) -> str:
     """Until the run recording to ``store`` has committed ``n`` episodes (or ended, or timed out).
     Returns what the polls saw (episode counts, or why the store could not be read), for messages."""
