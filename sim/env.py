@@ -30,6 +30,7 @@ from sim.faults import Fault, check_faults, draw_fault
 from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS, EpisodeSpec, TaskEpisode, build_episode
 from sim.world import World, WorldConfig
 from skills import Answer, Done, Pick, Place, Push, SkillCall, SkillLibrary, SkillParseError, parse
+from skills.calls import UnresolvedObject, colour_refs, named_by_colour, objects_of, rename, resolve
 from skills.vocab import MAX_OBJECTS, OBJECT_FEATURES, all_calls
 
 CHARSET = string.ascii_letters + string.digits + " .,?!:;_-'()"
@@ -136,14 +137,15 @@ class TabletopEnv(gym.Env):
         if self.episode is None:
             raise RuntimeError("call reset() before step()")
         steps0 = self.world.steps
+        try:
+            action = self._resolve(action)
+        except UnresolvedObject as e:  # "the red block" names no object, or several: nothing moves
+            return self._refused(str(e))
         said, names = action, {}
         if self.perceived is not None:
             names, why = self.perceived.to_sim(action, self.world.object_infos(), self.world.robot.held())
             if names is None:  # a name the perception does not know: nothing moves
-                self.steps += 1
-                info = self._info() | {"skill_success": False, "message": f"{said}: {why}", "skill_time": 0.0,
-                                       "success": self.success(), "physics_steps": 0, "fault": None}
-                return self._observe(), 0.0, False, self.steps >= self.episode.max_steps, info
+                return self._refused(f"{said}: {why}")
             action = self.perceived.rename(action, names)
         fault = self._draw_fault(action)
         self.world.robot.fault = fault
@@ -157,7 +159,7 @@ class TabletopEnv(gym.Env):
             if isinstance(result.call, (Pick, Place)):
                 slot = int(said.split()[1][4:]) - 1
                 self.perceived.after(type(result.call).__name__.lower(), slot, self.world.robot.held() is not None)
-            message = self.perceived.rename(message, {v: k for k, v in names.items()})  # the planner's names
+            message = self._from_sim(message, known={v: k for k, v in names.items()})  # the planner's names
         call = result.call
         terminated = isinstance(call, (Answer, Done))
         if isinstance(call, Answer):
@@ -170,6 +172,24 @@ class TabletopEnv(gym.Env):
                                "physics_steps": self.world.steps - steps0,
                                "fault": fault.kind if fault is not None else None}
         return self._observe(), reward, terminated, truncated, info
+
+    def _refused(self, message: str):
+        """A step that moved nothing, with the reason in ``info["message"]``."""
+        self.steps += 1
+        info = self._info() | {"skill_success": False, "message": message, "skill_time": 0.0,
+                               "success": self.success(), "physics_steps": 0, "fault": None}
+        return self._observe(), 0.0, False, self.steps >= self.episode.max_steps, info
+
+    def _resolve(self, action: str) -> str:
+        """``action`` with colour references ("the red block") resolved in the observed scene."""
+        try:
+            call = parse(action)
+        except SkillParseError:
+            return action  # the skill library reports it
+        if not named_by_colour(call):
+            return action
+        robot = self.world.robot if self.perceived is None else self.perceived.robot()  # as observed
+        return str(resolve(call, robot.objects()))
 
     def render(self):
         if self.render_mode == "rgb_array":
@@ -193,9 +213,10 @@ class TabletopEnv(gym.Env):
         ep = self.episode
         return self._from_sim(ep.family.oracle(ep, self.world.object_infos(), self.world.robot.held()))
 
-    def valid_actions(self) -> list[str]:
+    def valid_actions(self, by_colour: bool = False) -> list[str]:
         """Every skill call (or answer) that is well-formed and possible right now (in the perceived scene
-        with ``perception``)."""
+        with ``perception``).  ``by_colour``: objects named "the red block", only those no other object
+        of their colour and kind shares (a colour reference that resolves)."""
         ep = self.episode
         if ep.family.kind == "question":
             return [f"answer {a}" for a in ep.family.answers()]
@@ -206,7 +227,11 @@ class TabletopEnv(gym.Env):
         ok = [c for c in calls if self.skills.check(c, robot) is None]
         # The random planner indexes this list with a seeded rng: keep its historical order so that its
         # results (README) stand.
-        return [str(c) for c in sorted(ok, key=lambda c: _historical_rank(c, names))]
+        ok = sorted(ok, key=lambda c: _historical_rank(c, names))
+        if not by_colour:
+            return [str(c) for c in ok]
+        refs = colour_refs(objs)
+        return [str(rename(c, refs)) for c in ok if all(n in refs for n in objects_of(c))]
 
     # -- internals ---------------------------------------------------------------------------------
     def _draw_fault(self, action: str) -> Fault | None:
@@ -269,10 +294,10 @@ class TabletopEnv(gym.Env):
         obs["instruction"] = self.instruction
         return obs
 
-    def _from_sim(self, text: str) -> str:
+    def _from_sim(self, text: str, known: dict[str, str] | None = None) -> str:
         if self.perceived is None:
             return text
-        return self.perceived.from_sim(text, self.world.object_infos(), self.world.robot.held())
+        return self.perceived.from_sim(text, self.world.object_infos(), self.world.robot.held(), known)
 
     def _info(self) -> dict[str, Any]:
         ep = self.episode

@@ -81,19 +81,20 @@ class PerceivedScene:
             names[name] = best
         return names, "ok"
 
-    def from_sim(self, text: str, infos: dict, held: str | None) -> str:
+    def from_sim(self, text: str, infos: dict, held: str | None, known: dict[str, str] | None = None) -> str:
         """Sim names in ``text`` -> the perception's names for those objects: pairs of the same kind within
-        ``match_tolerance``, nearest first, one to one; the held one is the tracker's held one.  A sim
-        object the perception has not found keeps its name (a name it cannot resolve)."""
+        ``match_tolerance``, nearest first, one to one; the held one is the tracker's held one; ``known``:
+        sim -> perceived pairs already decided (a call's objects).  A sim object the perception has not
+        found keeps its name (a name it cannot resolve).  One pass: a renamed name is not renamed again."""
         slots = self.tracker.slots
-        names: dict[str, str] = {}
-        wanted = [n for n in sorted(set(OBJ.findall(text))) if n in infos]
+        names: dict[str, str] = dict(known or {})
+        wanted = [n for n in sorted(set(OBJ.findall(text))) if n in infos and n not in names]
         if held in wanted and self.tracker.held is not None:
             names[held] = self.held_name()
         pairs = sorted((float(np.linalg.norm(slots[k].position - infos[n].position)), n, k)
                        for n in wanted if n not in names for k, s in slots.items()
                        if not s.held and s.kind == infos[n].kind)
-        used: set[int] = set()
+        used = {int(v[4:]) - 1 for v in names.values()}
         for d, n, k in pairs:
             if d <= self.match_tolerance and n not in names and k not in used:
                 names[n] = f"obj_{k + 1}"

@@ -14,16 +14,28 @@ Grammar (one call per line, lower case, objects named ``obj_<k>``)::
     answer yes                      # answers end question episodes
     done                            # ends a planning episode
 
+Wherever a call names an object it may instead name it by colour and kind, as a person (or a
+model that sees no object tokens) would: ``pick the red block``, ``place the red block in the blue
+bowl``, ``push the red block to the green block``.  ``resolve(call, scene)`` turns those into the
+``obj_k`` of the one object in the observed scene that fits, or refuses (``UnresolvedObject``)
+when none or several do.
+
 ``parse(text)`` turns text into a call or raises ``SkillParseError`` saying what
 was wrong; ``str(call)`` gives the canonical text back (round trip).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from skills.vocab import CORNERS, DIRECTIONS, SIDES
+from skills.vocab import COLOR_NAMES, CORNERS, DIRECTIONS, KINDS, SIDES
+
+if TYPE_CHECKING:
+    from skills.robot import ObjectInfo
 
 _OBJ = re.compile(r"obj_([1-9][0-9]?)$")
 _NUM = re.compile(r"-?\d+(\.\d+)?$")
@@ -31,6 +43,10 @@ _NUM = re.compile(r"-?\d+(\.\d+)?$")
 
 class SkillParseError(ValueError):
     """Skill text that does not follow the grammar."""
+
+
+class UnresolvedObject(SkillParseError):
+    """A colour reference that names no object, or several, in the observed scene."""
 
 
 @dataclass(frozen=True)
@@ -97,10 +113,81 @@ class Done:
 SkillCall = Pick | Place | Push | Answer | Done
 
 
+def by_colour(colour: str, kind: str) -> str:
+    """The colour reference to an object: "the red block"."""
+    return f"the {colour} {kind}"
+
+
 def _obj(word: str, text: str) -> str:
+    if word.startswith("the "):
+        colour, kind = word.split()[1:]
+        if colour not in COLOR_NAMES:
+            raise SkillParseError(f"{text!r}: unknown colour {colour!r} (known: {', '.join(COLOR_NAMES)})")
+        if kind not in KINDS:
+            raise SkillParseError(f"{text!r}: unknown kind {kind!r} (known: {', '.join(KINDS)})")
+        return word
     if not _OBJ.match(word):
-        raise SkillParseError(f"{text!r}: expected an object name like 'obj_3', got {word!r}")
+        raise SkillParseError(f"{text!r}: expected an object name like 'obj_3' or 'the red block', got {word!r}")
     return word
+
+
+def _words(text: str) -> list[str]:
+    """The words of a call, each "the <colour> <kind>" joined into one (an object reference)."""
+    words, out = text.split(), []
+    while words:
+        if words[0] == "the" and len(words) >= 3:
+            out.append(" ".join(words[:3]))
+            words = words[3:]
+        else:
+            out.append(words.pop(0))
+    return out
+
+
+_OBJECT_FIELDS = ("obj", "target", "to_obj")
+
+
+def objects_of(call: SkillCall) -> list[str]:
+    """The object references of a call, in text order."""
+    return [v for f in _OBJECT_FIELDS if (v := getattr(call, f, None)) is not None]
+
+
+def rename(call: SkillCall, names: Mapping[str, str]) -> SkillCall:
+    """``call`` with its object references mapped through ``names`` (others kept)."""
+    fields = [f for f in _OBJECT_FIELDS if getattr(call, f, None) is not None]
+    return dataclasses.replace(call, **{f: names.get(getattr(call, f), getattr(call, f)) for f in fields})
+
+
+def named_by_colour(call: SkillCall) -> bool:
+    """Whether ``call`` names an object by colour (it needs ``resolve`` before a robot can run it)."""
+    return any(ref.startswith("the ") for ref in objects_of(call))
+
+
+def _by_number(names):
+    return sorted(names, key=lambda n: int(n[4:]))
+
+
+def colour_refs(objects: Mapping[str, ObjectInfo]) -> dict[str, str]:
+    """``obj_k`` -> "the red block" for every object that no other object shares its colour and kind
+    with: the references ``resolve`` accepts."""
+    seen = [(o.color, o.kind) for o in objects.values()]
+    return {n: by_colour(o.color, o.kind) for n, o in objects.items() if seen.count((o.color, o.kind)) == 1}
+
+
+def resolve(call: SkillCall, objects: Mapping[str, ObjectInfo]) -> SkillCall:
+    """``call`` with every colour reference replaced by the one object of that colour and kind among
+    ``objects`` (what the robot observes); raises ``UnresolvedObject`` naming the reference when no
+    object or several fit."""
+    names = {}
+    for ref in (r for r in objects_of(call) if r.startswith("the ")):
+        colour, kind = ref.split()[1:]
+        hits = _by_number(n for n, o in objects.items() if (o.color, o.kind) == (colour, kind))
+        if len(hits) > 1:
+            raise UnresolvedObject(f"{call}: {ref!r} is ambiguous: {', '.join(hits)} are {colour} {kind}s")
+        if not hits:
+            seen = ", ".join(f"{n} {objects[n].color} {objects[n].kind}" for n in _by_number(objects))
+            raise UnresolvedObject(f"{call}: there is no {colour} {kind} (objects: {seen or 'none'})")
+        names[ref] = hits[0]
+    return rename(call, names)
 
 
 def parse(text: str) -> SkillCall:
@@ -110,7 +197,7 @@ def parse(text: str) -> SkillCall:
     words = text.strip().split()
     if not words:
         raise SkillParseError("empty skill text")
-    verb, args = words[0], words[1:]
+    verb, args = words[0], words[1:] if words[0] == "answer" else _words(" ".join(words[1:]))
     n = len(args)
     if verb == "done" and n == 0:
         return Done()
@@ -149,13 +236,14 @@ def parse(text: str) -> SkillCall:
                 return Push(obj, corner=tail[: -len(" corner")])
             if n == 4 and args[3] == "side" and args[2] in SIDES:
                 return Push(obj, side=args[2])
-            if n == 3 and _OBJ.match(args[2]):
+            if n == 3 and (_OBJ.match(args[2]) or args[2].startswith("the ")):
+                _obj(args[2], text)
                 if args[2] == obj:
                     raise SkillParseError(f"{text!r}: cannot push {obj} to itself")
                 return Push(obj, to_obj=args[2])
         raise SkillParseError(
             f"{text!r}: cannot read push target {rest!r}; expected a direction {DIRECTIONS}, "
-            f"'to <corner> corner' {CORNERS}, 'to <side> side' {SIDES} or 'to obj_k'"
+            f"'to <corner> corner' {CORNERS}, 'to <side> side' {SIDES} or 'to obj_k' / 'to the red block'"
         )
     known = "pick, place, push, answer, done"
     if verb not in known.replace(",", "").split():

@@ -63,6 +63,27 @@ def test_valid_actions_all_possible(env):
     assert not any(a.startswith("place") for a in acts)  # nothing held yet
 
 
+def test_calls_naming_objects_by_colour_act_on_that_object(env):
+    """ "put the red block in the blue bowl" acts on those objects; a reference that fits no object is a
+    failed step that says why and moves nothing; valid_actions(by_colour=True) offers only references
+    that resolve, each the same call as one of valid_actions()."""
+    env.reset(options={"spec": {"task": "bowl_place", "params": {"block": "red", "bowl": "blue"},
+                                "n_objects": 4, "seed": 3}})
+    assert {n: f"{o.color} {o.kind}" for n, o in env.world.object_infos().items()} == {
+        "obj_1": "red block", "obj_2": "blue bowl", "obj_3": "brown block", "obj_4": "red bowl"}
+    named = env.valid_actions(by_colour=True)
+    assert "pick the brown block" in named and all("obj_" not in a for a in named)
+    assert {env._resolve(a) for a in named} <= set(env.valid_actions())
+    _, _, _, _, info = env.step("pick the red block")
+    assert info["skill_success"] and info["held"] == "obj_1"
+    for bad, why in [("place the red block in the green bowl", "there is no green bowl (objects: obj_1 red block"),
+                     ("place the white block on table", "there is no white block")]:
+        _, _, _, _, info = env.step(bad)
+        assert not info["skill_success"] and why in info["message"] and info["physics_steps"] == 0
+    _, _, _, _, info = env.step("place the red block in the blue bowl")
+    assert info["skill_success"] and env.success()
+
+
 def test_depth_intrinsics_extrinsics_back_project_onto_blocks(env):
     """Pixels of obj_k's mask, back-projected with K and world_from_camera, land on obj_k (both cameras)."""
     obs, _ = env.reset(options={"spec": {"task": "q1_color", "params": {"target": "red"}, "n_objects": 3,

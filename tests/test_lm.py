@@ -469,3 +469,33 @@ def test_truncated_backbone_keeps_first_and_last_layers_and_decodes_with_its_cac
     other = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
     with pytest.raises(CheckpointError, match="backbone_layers: checkpoint 3 vs config 0"):
         load_checkpoint(other, tmp_path / "ck")
+
+
+@pytest.mark.parametrize("perceived", [False, True])
+def test_demonstrations_whose_observation_misses_a_named_object(tiny, tmp_path, capsys, perceived):
+    """An instruction naming a colour the observed rows lack: a bug in sim-truth demonstrations (raised,
+    naming the episode), a colour misread in perceived ones (skipped and counted)."""
+    from embodied_lm.data import examples_from_store
+    from embodied_lm.datasets import ReplayWriter
+    from embodied_lm.evaluate import evaluate
+    from embodied_lm.grounding import UnresolvedReference
+    from embodied_lm.planners import make_planner
+    from sim.env import EnvConfig, TabletopEnv
+    from sim.tasks import EpisodeSpec
+
+    spec = EpisodeSpec("p1_grasp", {"target": "red"}, 3, 5, instruction="Pick up the purple block.")
+    good = EpisodeSpec("p1_grasp", {"target": "red"}, 3, 5, refer="color")
+    env = TabletopEnv(EnvConfig(observe_images=False))
+    path = tmp_path / "demos.zarr"
+    with ReplayWriter(path, attrs={"images": False, "env_config": {"collect": {"perception": perceived}}}) as w:
+        rows = evaluate(env, make_planner("oracle"), [good, spec], w, progress=False)
+    env.close()
+    assert all(r.success for r in rows)
+    if not perceived:
+        with pytest.raises(UnresolvedReference, match="episode 1 step 0: the instruction names 'purple block'"):
+            examples_from_store(path, tiny.tok, tiny.encoder)
+        return
+    examples = examples_from_store(path, tiny.tok, tiny.encoder)
+    assert len(examples) == rows[0].steps  # the good episode's steps only
+    assert f"skipped {rows[1].steps} steps whose observation does not show" in capsys.readouterr().out
+

@@ -7,7 +7,8 @@ import pytest
 
 from sim.env import EnvConfig, TabletopEnv
 from sim.world import World
-from skills.vocab import Col
+from skills import scene
+from skills.vocab import COLOR_NAMES, Col
 
 STACK = {"task": "p2_stack", "params": {"order": ["red", "blue"]}, "n_objects": 4, "seed": 11, "refer": "entity"}
 
@@ -89,6 +90,29 @@ def test_an_unknown_name_is_a_failed_step_that_says_why(env):
     valid = env.valid_actions()
     assert len(seen) == 4 and {n for c in valid for n in re.findall(r"obj_\d+", c)} == seen
     assert any(c.startswith("pick ") for c in valid) and "done" in valid
+
+
+def test_a_person_names_blocks_by_colour_and_the_perception_resolves_them(env):
+    """Calls naming objects by colour ("pick the blue block") go to the object the perception sees in
+    that colour: the episode succeeds in the sim, with no obj_k said.  (The red block is at the bottom
+    of a tower of three: green on it, yellow on top.)"""
+    obs, _ = env.reset(options={"spec": STACK})
+    name = {c: f"obj_{k + 1}" for k, c in enumerate(obs["objects"][:4, Col.COLOR].astype(int))}
+    red, green = name[COLOR_NAMES.index("red")], name[COLOR_NAMES.index("green")]
+    assert "pick the blue block" in env.valid_actions(by_colour=True)
+    _, _, _, _, info = env.step("pick the blue block")
+    assert info["skill_success"], info["message"]
+    assert env.world.object_infos()[env.world.robot.held()].color == "blue"
+    _, _, _, _, info = env.step("place the blue block on the red block")
+    # the message names the blocking object in the perception's names, as the call does
+    assert not info["skill_success"] and info["message"].endswith(f"{red} has {green} on it"), info["message"]
+    _, _, _, _, info = env.step("place the blue block on the yellow block")
+    assert info["skill_success"], info["message"]
+    infos = env.world.object_infos()
+    on = {infos[a].color: infos[b].color for a, b in scene.supports(infos).items() if b in infos}
+    assert on == {"blue": "yellow", "yellow": "green", "green": "red"}
+    _, _, _, _, info = env.step("pick the green bowl")
+    assert not info["skill_success"] and "there is no green bowl" in info["message"]
 
 
 def test_perception_needs_images():

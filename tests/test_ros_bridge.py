@@ -172,6 +172,22 @@ def test_observation_has_the_sim_layout_without_ground_truth(bridge, endpoint):
     assert bridge.oracle_action() in bridge.valid_actions()
 
 
+def test_calls_naming_objects_by_colour_run_on_the_robot(bridge, endpoint):
+    """ "pick the blue block" resolves in the bridge's perception before anything is sent; a reference
+    that fits no object is a failed step and sends nothing."""
+    bridge.reset(options={"spec": SPEC})
+    assert "pick the blue block" in bridge.valid_actions(by_colour=True)
+    sent = len(endpoint.stats.results)
+    _, _, _, _, info = bridge.step("pick the pink block")
+    assert not info["skill_success"] and "there is no pink block" in info["message"]
+    assert len(endpoint.stats.results) == sent
+    for call in ("pick the blue block", "place the blue block on the yellow block"):
+        _, _, _, _, info = bridge.step(call)
+        assert info["skill_success"], info["message"]
+    # in the sim's names (obj_1 yellow, obj_2 red, obj_3 green, obj_4 blue), what the robot was sent
+    assert [r["sim_call"] for r in endpoint.stats.results[sent:]] == ["pick obj_4", "place obj_4 on obj_1"]
+
+
 # -- safety: refused before anything is sent ------------------------------------------------------------
 def test_out_of_workspace_target_is_refused_and_nothing_is_sent(endpoint, caplog):
     cfg = RosConfig(port=endpoint.port, workspace_x=(0.25, 0.45))

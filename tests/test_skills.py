@@ -13,13 +13,20 @@ from skills import (
     Push,
     SkillLibrary,
     SkillParseError,
+    UnresolvedObject,
+    colour_refs,
     parse,
     register_skill,
     registered_skills,
+    resolve,
 )
 from skills.calls import CORNERS, DIRECTIONS, SIDES
+from skills.robot import ObjectInfo
+from skills.vocab import COLOR_NAMES, KINDS
 
-objs = st.integers(1, 16).map(lambda k: f"obj_{k}")
+objs = st.one_of(st.integers(1, 16).map(lambda k: f"obj_{k}"),  # named, or by colour as a person would
+                 st.tuples(st.sampled_from(COLOR_NAMES),
+                           st.sampled_from(KINDS)).map(" ".join).map("the {}".format))
 coords = st.floats(-0.5, 0.9, allow_nan=False).map(lambda v: round(v, 2))
 
 
@@ -57,6 +64,11 @@ def test_parse_round_trip(call):
     ("push obj_1 sideways", "cannot read push target"),
     ("push obj_1 to middle left corner", "cannot read push target"),
     ("answer Yes!", "lower-case"),
+    ("pick the magenta block", "unknown colour 'magenta'"),
+    ("pick the red cube", "unknown kind 'cube'"),
+    ("pick the red", "wrong arguments"),
+    ("place the red block on the red block", "on itself"),
+    ("push the red block to the big bowl", "unknown colour 'big'"),
     ("done now", "wrong arguments"),
 ])
 def test_parse_rejects_with_reason(text, why):
@@ -70,6 +82,25 @@ def test_registry_refuses_duplicates_and_unknown_choices():
     with pytest.raises(ValueError, match="no skill 'dreamed' for 'push'"):
         SkillLibrary({"push": "dreamed"})
     assert ("push", "learned") in registered_skills()  # the RLlib-trained push is registered by name
+
+
+def _scene(*objects: str) -> dict[str, ObjectInfo]:
+    """obj_1, obj_2, ... of the given "colour kind" pairs."""
+    return {f"obj_{i}": ObjectInfo(f"obj_{i}", o.split()[1], o.split()[0], None, 0.0, 0.04, 0.04)
+            for i, o in enumerate(objects, 1)}
+
+
+def test_colour_references_resolve_to_the_one_object_that_fits():
+    scene = _scene("red block", "blue block", "red block", "blue bowl")
+    assert str(resolve(parse("place the blue block in the blue bowl"), scene)) == "place obj_2 in obj_4"
+    assert str(resolve(parse("push the blue block to obj_3"), scene)) == "push obj_2 to obj_3"
+    assert resolve(parse("pick obj_1"), scene) == parse("pick obj_1")
+    with pytest.raises(UnresolvedObject, match="'the red block' is ambiguous: obj_1, obj_3 are red blocks"):
+        resolve(parse("pick the red block"), scene)
+    with pytest.raises(UnresolvedObject, match="there is no green block .objects: obj_1 red block, obj_2 blue"):
+        resolve(parse("pick the green block"), scene)
+    # only the references that resolve are offered
+    assert colour_refs(scene) == {"obj_2": "the blue block", "obj_4": "the blue bowl"}
 
 
 @pytest.fixture()

@@ -48,11 +48,13 @@ from sensors.perception import (
     PerceivedRobot,
     SlotTracker,
     object_colors,
+    object_infos,
     objects_array,
     perceive,
     render_mask,
 )
 from skills import Answer, Done, Pick, Place, Push, SkillLibrary, SkillParseError, parse
+from skills.calls import colour_refs, named_by_colour, objects_of, rename, resolve
 from skills.robot import Workspace
 from skills.vocab import ANSWERS, all_calls
 
@@ -449,7 +451,9 @@ class RosEmbodiment:
             return self._failed_end("estop", self._estop_reason or "e-stop engaged")
         try:
             call = parse(action)
-        except SkillParseError as e:
+            if named_by_colour(call):  # "the red block": the one object the perception sees in that colour
+                call = resolve(call, object_infos(self.tracker.slots))
+        except SkillParseError as e:  # UnresolvedObject too: none or several fit
             return self._failed_step(str(e), None)
         try:
             targets = self._targets(call)
@@ -624,9 +628,11 @@ class RosEmbodiment:
                 names[sim_name] = f"obj_{k + 1}"
         return " ".join(names.get(w, w) for w in action.split())
 
-    def valid_actions(self) -> list[str]:
+    def valid_actions(self, by_colour: bool = False) -> list[str]:
         """Calls that are well-formed and possible in the perceived scene (the robot may still refuse).  For
-        a question, its answers: they come with the episode (the sim's reset reply or ``options["answers"]``)."""
+        a question, its answers: they come with the episode (the sim's reset reply or ``options["answers"]``).
+        ``by_colour``: objects named "the red block", only those no other object of their colour and kind
+        shares."""
         if self._answers:
             return [f"answer {a}" for a in self._answers]
         robot = PerceivedRobot.of(self.tracker, Workspace(self.config.table_x, self.config.table_y))
@@ -647,6 +653,9 @@ class RosEmbodiment:
         verb = {Done: 0, Pick: 1, Place: 2, Push: 3}
         out.sort(key=lambda c: (verb[type(c)], names.index(c.obj) if isinstance(c, Push) else 0,
                                 isinstance(c, Push) and c.to_obj is not None))
+        if by_colour:
+            refs = colour_refs(infos)
+            out = [rename(c, refs) for c in out if all(n in refs for n in objects_of(c))]
         return [str(c) for c in out]
 
 
