@@ -15,12 +15,14 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
+from types import SimpleNamespace
 
 import numpy as np
 
 from embodied_lm.grounding import UnresolvedReference, ground
 from embodied_lm.sentence import Sentence, build_sentence, join
-from skills.vocab import Col
+from skills.calls import colour_refs, objects_of, parse, rename
+from skills.vocab import COLOR_NAMES, KINDS, Col
 
 _MENTION = re.compile(r"\bobj_([1-9][0-9]*)\b")
 
@@ -63,6 +65,21 @@ def episode_prompt(instruction: str, step: int, kind: str, objects: np.ndarray |
 def present_slots(objects: np.ndarray) -> list[int]:
     """1-based slots of the objects present in an ``objects`` array (16, 12)."""
     return [i + 1 for i in np.nonzero(objects[:, Col.PRESENT] > 0.5)[0]]
+
+
+def colour_names(objects: np.ndarray) -> dict[str, str]:
+    """``obj_k`` -> "the red block" for each present object that no other shares its colour and kind with
+    (the references a colour-named call may use, ``skills.calls.resolve``)."""
+    return colour_refs({f"obj_{k}": SimpleNamespace(color=COLOR_NAMES[int(objects[k - 1, Col.COLOR])],
+                                                    kind=KINDS[int(objects[k - 1, Col.KIND])])
+                        for k in present_slots(objects)})
+
+
+def by_colour(step: str, objects: np.ndarray) -> str | None:
+    """A plan step with its objects named by colour ("pick obj_3" -> "pick the red block"); None when one
+    of them shares its colour and kind with another object (no colour name picks it out)."""
+    call, names = parse(step), colour_names(objects)
+    return str(rename(call, names)) if all(n in names for n in objects_of(call)) else None
 
 
 @dataclass
@@ -119,11 +136,13 @@ def encoder_keys(reader, encoder, path) -> set[str]:
 
 
 def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None,
-                        context: str = "step") -> list[Example]:
+                        context: str = "step", calls: str = "obj") -> list[Example]:
     """Every step of every successful episode in the store (optionally only some families): one
     example per step (``context="step"``) or per episode (``"episode"``).  "Done so far" lists the
     steps that worked: after a failed skill (``collect.faults``) the demonstration's retry is decided
-    from a history without it, as the planner's is once it judges the step failed (``decode.detect``)."""
+    from a history without it, as the planner's is once it judges the step failed (``decode.detect``).
+    ``calls="colour"``: plan steps name objects by colour (``by_colour``); an episode with an object no
+    colour picks out (two red blocks) is left out."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)
@@ -141,11 +160,17 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
     # a step is skipped (and counted).  The sim's rows always show it: there it is a bug, and raises.
     perceived = bool(reader.attrs.get("env_config", {}).get("collect", {}).get("perception"))
     unseen: list[str] = []
+    unnamed = 0  # calls="colour": episodes with an object no colour picks out
     for i in range(reader.n_episodes):
         meta = reader.meta(i)
         if not meta["success"] or (families and meta["task"] not in families):
             continue
         plan = meta["plan"].split("\n")
+        if calls == "colour":
+            plan = [by_colour(a, objects[g]) for a, g in zip(plan, range(int(starts[i]), int(ends[i])))]
+            if None in plan:
+                unnamed += 1
+                continue
         steps = []
         done: list[str] = []  # the steps that worked: a failed one (sim.faults) is retried, not history
         for t, g in enumerate(range(int(starts[i]), int(ends[i]))):
@@ -172,6 +197,8 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
                 out.append(Example(join([e.sentence for e in steps]), [e.sensors for e in steps], meta["task"]))
         else:
             out += steps
+    if unnamed:
+        print(f"training data: left out {unnamed} episodes that act on an object no colour name picks out")
     if unseen:
         print(f"training data: skipped {len(unseen)} steps whose observation does not show an object the "
               f"instruction names (first: {unseen[0]})")
@@ -181,7 +208,8 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
 def training_examples(path, model, families: Sequence[str] | None = None) -> list[Example]:
     """What ``model`` trains on from the store: its plans in its context, plus the transition questions
     its config names (``model.cfg.transitions``, embodied_lm.transitions)."""
-    out = examples_from_store(path, model.tok, model.encoder, families, context=model.cfg.context)
+    out = examples_from_store(path, model.tok, model.encoder, families, context=model.cfg.context,
+                              calls=model.cfg.calls)
     if model.cfg.transitions:
         from embodied_lm import transitions
 

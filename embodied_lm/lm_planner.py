@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from embodied_lm.config import ConfigError, DecodeConfig
-from embodied_lm.data import episode_prompt, present_slots, prompt_text
+from embodied_lm.data import colour_names, episode_prompt, present_slots, prompt_text
 from embodied_lm.decode import Trie, greedy, greedy_batch, greedy_in_context, score_candidates
 from embodied_lm.model import autocast
 from embodied_lm.planners import PlannerRefusal, register_planner
@@ -156,6 +156,10 @@ class EmbodiedLMPlanner:
         """This step's prompt embeddings (1, T, D) and the grammar's trie for the scene (or None)."""
         m = self.model
         names, kinds = _scene_objects(obs["objects"])
+        if m.cfg.calls == "colour":  # "the red block" for each object a colour picks out
+            refs = colour_names(obs["objects"])
+            kinds = [k for n, k in zip(names, kinds) if n in refs]
+            names = [refs[n] for n in names if n in refs]
         episode = m.cfg.context == "episode"
         if episode:
             prompt = episode_prompt(obs["instruction"], len(self.history), m.kind, obs["objects"])

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from embodied_lm.config import (
+    CALLS,
     CONTEXTS,
     LORA_ALL_LINEAR,
     MODES,
@@ -100,6 +101,7 @@ class ModelConfig:
     relation_loss: float = SensorsConfig.relation_loss  # fact-word anchor loss weight (sensors/relations.py)
     context: str = TrainConfig.context  # what a sentence holds (embodied_lm.data): the planner decodes likewise
     transitions: list[str] = field(default_factory=list)  # transition questions it learned (TRANSITIONS)
+    calls: str = TrainConfig.calls  # how its plans name objects (CALLS): the planner's grammar follows
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -108,6 +110,9 @@ class ModelConfig:
             check_choice("transitions[]", q, TRANSITIONS)
         if self.transitions and self.context != "step":  # a step judged failed cannot leave a KV cache
             raise ConfigError("transitions need context=step")
+        check_choice("calls", self.calls, CALLS)
+        if self.transitions and self.calls != "obj":
+            raise ConfigError("transitions need calls=obj")
         check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
             raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")

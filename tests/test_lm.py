@@ -499,3 +499,42 @@ def test_demonstrations_whose_observation_misses_a_named_object(tiny, tmp_path, 
     assert len(examples) == rows[0].steps  # the good episode's steps only
     assert f"skipped {rows[1].steps} steps whose observation does not show" in capsys.readouterr().out
 
+
+
+def test_a_model_that_names_objects_by_colour_learns_and_plans_in_colour_calls(env, tmp_path, monkeypatch):
+    """train.calls=colour (a model without object tokens, e.g. vit): its training answers and its
+    constrained decoding name objects by colour, and the env runs those calls on the objects meant."""
+    from embodied_lm import lm_planner
+    from embodied_lm.data import examples_from_store
+    from embodied_lm.datasets import ReplayWriter
+    from embodied_lm.evaluate import evaluate
+    from embodied_lm.lm_planner import EmbodiedLMPlanner
+    from embodied_lm.planners import make_planner
+    from sim.tasks import generate_specs
+    from skills import parse
+
+    specs = generate_specs(["p2_stack"], ["L1"], episodes=2, split="train", refer="color")
+    path = tmp_path / "demos.zarr"
+    with ReplayWriter(path, attrs={"images": False}) as w:
+        rows = evaluate(env, make_planner("oracle"), specs, w, progress=False)
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", calls="colour"), seed=0)
+    examples = examples_from_store(path, model.tok, model.encoder, calls="colour")
+    answers = [model.tok.decode(e.sentence.ids[e.sentence.n_prompt:-1]).strip() for e in examples]
+    assert len(answers) == sum(r.steps for r in rows) and "pick the " in answers[0]
+    assert not any("obj_" in a for a in answers) and all(parse(a) for a in answers)
+    obs, info = env.reset(options={"spec": specs[0]})
+    offered, possible = [], set(env.valid_actions(by_colour=True))  # the planner's grammar, as it built it
+
+    def calls(names, kinds):
+        offered.extend(all_calls(names, kinds))
+        return [c for c in offered if c in possible and c.startswith("pick")]
+
+    monkeypatch.setattr(lm_planner, "all_calls", calls)  # possible picks only: an untrained model says "done"
+    planner = EmbodiedLMPlanner(model=model, precision="fp32")
+    planner.reset(env, obs, info)
+    call = planner.act(obs, info)
+    assert any(c.startswith("pick the ") for c in offered) and not any("obj_" in c for c in offered)
+    assert call.startswith("pick the ")
+    _, _, _, _, info = env.step(call)
+    assert info["skill_success"], info["message"]  # the env resolved it to a real object and picked it
+    assert env.world.object_infos()[info["held"]].color == call.split()[2]
