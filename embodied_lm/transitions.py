@@ -1,8 +1,8 @@
 """Questions about a transition, over two observations in one sentence (PaLM-E Table 4, Kosmos-1):
 
 ``success`` -- "Before: Scene: ... After: Scene: ... Q: Was pick obj_3 <obj_3> successful? A:"
-               "obj_3 should be held and is held, so yes" | "... and is on the table, so no" (where the
-               call wanted the object and where it is, then the verdict; push: yes | no)
+               "obj_3 is held, so yes" | "obj_3 is on the table, so no" (the called object's place, then
+               the verdict: the verdict is read off one object's token next to the question; push: yes | no)
 ``change``  -- "Before: Scene: ... After: Scene: ... Q: What changed? A:" "obj_3 is now on obj_1"
 
 The labels are the simulator's: a skill's own verdict (``skill_success``, truthful in the sim, including
@@ -94,41 +94,30 @@ def _moved(call: str) -> int | None:
     return int(w[1][4:]) if w[0] in ("pick", "place") else None
 
 
-def _goal(call: str, after: np.ndarray) -> str:
-    """Where a pick or place call wants its object, in ``_where``'s words: "held", "on the table", "on obj_2"."""
-    w = call.split(" ")
-    return _where(after, -1 if w[0] == "pick" else 0 if w[-1] == "table" else int(w[-1][4:]))
-
-
 def outcome(call: str, after: np.ndarray) -> str | None:
-    """The reason a success answer gives before its verdict: where the call wanted the object, then where
-    ``after`` shows it ("obj_3 should be on obj_1 and is on the table"); None for a push.  Goal and place
-    side by side make the verdict a comparison of two adjacent phrases: with the goal left to the
-    question, one seed answered "obj_2 is on the table, so no" to good "place obj_2 on table" steps (on
-    the table was mostly a failed pick's reason)."""
+    """Where ``after`` shows the called object ("obj_3 is held", "obj_3 is on obj_1"): the reason a
+    success answer gives before its verdict; None for a push."""
     slot = _moved(call)
     if slot is None:
         return None
-    return f"obj_{slot} should be {_goal(call, after)} and is {_where(after, int(after[slot - 1, Col.SUPPORT]))}"
+    return f"obj_{slot} is {_where(after, int(after[slot - 1, Col.SUPPORT]))}"
 
 
 def success_answer(call: str, ok: bool, after: np.ndarray) -> str:
-    """"obj_3 should be on obj_1 and is on obj_1, so yes": the reason, then the verdict (push: the verdict)."""
+    """"obj_3 is on obj_1, so yes": the called object's place, then the verdict (push: the verdict)."""
     reason = outcome(call, after)
     return f"{reason}, so {'yes' if ok else 'no'}" if reason else ("yes" if ok else "no")
 
 
 def success_answers(call: str, after: np.ndarray) -> list[str]:
     """Every well-formed answer to the success question about ``call`` in the scene ``after``: the object
-    held, on the table or on / in any other present object, each with either verdict; and the forms of
-    checkpoints trained before (bare verdicts; the place without the goal)."""
+    held, on the table or on / in any other present object, each with either verdict, and the bare
+    verdicts (a model trained before the reasons)."""
     slot = _moved(call)
     if slot is None:
         return ["yes", "no"]
     places = ["held", "on the table"] + [_where(after, k) for k in present_slots(after) if k != slot]
-    goal = f"should be {_goal(call, after)} and "
-    return ["yes", "no"] + [f"obj_{slot} {g}is {p}, so {v}" for g in (goal, "") for p in places
-                            for v in ("yes", "no")]
+    return ["yes", "no"] + [f"obj_{slot} is {p}, so {v}" for p in places for v in ("yes", "no")]
 
 
 def verdict(answer: str | None) -> str | None:
