@@ -141,8 +141,8 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
     example per step (``context="step"``) or per episode (``"episode"``).  "Done so far" lists the
     steps that worked: after a failed skill (``collect.faults``) the demonstration's retry is decided
     from a history without it, as the planner's is once it judges the step failed (``decode.detect``).
-    ``calls="colour"``: plan steps name objects by colour (``by_colour``); an episode with an object no
-    colour picks out (two red blocks) is left out."""
+    ``calls="colour"``: plan steps name objects by colour (``by_colour``); an episode that acts on an
+    object no colour picks out (one of two red blocks) is left out."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)

@@ -98,7 +98,7 @@ def collect(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path) -> float:
     images = cfg.collect.images if cfg.collect.images is not None else cfg.sensors.name != "state"
     images = images or c.perception
     t0 = time.perf_counter()
-    specs = _not_yet_collected(cfg, cfg_dict, path, specs, images)
+    specs = _not_yet_collected(cfg_dict, path, specs, images)
     if not specs:
         return time.perf_counter() - t0
     # "images": false marks blank frames (the env skips rendering), which no image encoder may train on
@@ -116,7 +116,7 @@ def _collection_settings(cfg_dict: dict[str, Any], images: bool) -> dict[str, An
     return {"task": cfg_dict.get("task"), "seed": cfg_dict.get("seed"), "images": images} | collect
 
 
-def _not_yet_collected(cfg: RunConfig, cfg_dict: dict[str, Any], path: Path, specs: list, images: bool) -> list:
+def _not_yet_collected(cfg_dict: dict[str, Any], path: Path, specs: list, images: bool) -> list:
     """Collecting into a store that already holds episodes resumes it: specs recorded there are not
     collected twice (a re-run, or a killed collection, adds only what is missing).  A store made with other
     settings is refused rather than mixed into one dataset."""

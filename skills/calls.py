@@ -16,9 +16,9 @@ Grammar (one call per line, lower case, objects named ``obj_<k>``)::
 
 Wherever a call names an object it may instead name it by colour and kind, as a person (or a
 model that sees no object tokens) would: ``pick the red block``, ``place the red block in the blue
-bowl``, ``push the red block to the green block``.  ``resolve(call, scene)`` turns those into the
-``obj_k`` of the one object in the observed scene that fits, or refuses (``UnresolvedObject``)
-when none or several do.
+bowl``, ``push the red block to the green block``.  ``resolve(call, objects)`` turns those into
+the ``obj_k`` of the one observed object that fits, or refuses (``UnresolvedObject``) when none or
+several do.
 
 ``parse(text)`` turns text into a call or raises ``SkillParseError`` saying what
 was wrong; ``str(call)`` gives the canonical text back (round trip).
