@@ -19,10 +19,10 @@ from types import SimpleNamespace
 
 import numpy as np
 
-from embodied_lm.grounding import UnresolvedReference, ground
+from embodied_lm.grounding import UnresolvedReference, ground, scene_objects
 from embodied_lm.sentence import Sentence, build_sentence, join
-from skills.calls import colour_refs, objects_of, parse, rename
-from skills.vocab import COLOR_NAMES, KINDS, Col
+from skills.calls import colour_named, colour_refs, parse
+from skills.vocab import Col
 
 _MENTION = re.compile(r"\bobj_([1-9][0-9]*)\b")
 
@@ -70,16 +70,14 @@ def present_slots(objects: np.ndarray) -> list[int]:
 def colour_names(objects: np.ndarray) -> dict[str, str]:
     """``obj_k`` -> "the red block" for each present object that no other shares its colour and kind with
     (the references a colour-named call may use, ``skills.calls.resolve``)."""
-    return colour_refs({f"obj_{k}": SimpleNamespace(color=COLOR_NAMES[int(objects[k - 1, Col.COLOR])],
-                                                    kind=KINDS[int(objects[k - 1, Col.KIND])])
-                        for k in present_slots(objects)})
+    return colour_refs({o.name: SimpleNamespace(color=o.colour, kind=o.kind) for o in scene_objects(objects)})
 
 
 def by_colour(step: str, objects: np.ndarray) -> str | None:
     """A plan step with its objects named by colour ("pick obj_3" -> "pick the red block"); None when one
     of them shares its colour and kind with another object (no colour name picks it out)."""
-    call, names = parse(step), colour_names(objects)
-    return str(rename(call, names)) if all(n in names for n in objects_of(call)) else None
+    named = colour_named(parse(step), colour_names(objects))
+    return None if named is None else str(named)
 
 
 @dataclass

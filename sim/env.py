@@ -30,7 +30,7 @@ from sim.faults import Fault, check_faults, draw_fault
 from sim.tasks import FAMILIES, LEVELS, SEED_SPLITS, EpisodeSpec, TaskEpisode, build_episode
 from sim.world import World, WorldConfig
 from skills import Answer, Done, Pick, Place, Push, SkillCall, SkillLibrary, SkillParseError, parse
-from skills.calls import UnresolvedObject, colour_refs, named_by_colour, objects_of, rename, resolve
+from skills.calls import UnresolvedObject, colour_named, colour_refs, named_by_colour, resolve
 from skills.vocab import MAX_OBJECTS, OBJECT_FEATURES, all_calls
 
 CHARSET = string.ascii_letters + string.digits + " .,?!:;_-'()"
@@ -231,7 +231,7 @@ class TabletopEnv(gym.Env):
         if not by_colour:
             return [str(c) for c in ok]
         refs = colour_refs(objs)
-        return [str(rename(c, refs)) for c in ok if all(n in refs for n in objects_of(c))]
+        return [str(named) for c in ok if (named := colour_named(c, refs)) is not None]
 
     # -- internals ---------------------------------------------------------------------------------
     def _draw_fault(self, action: str) -> Fault | None:

@@ -11,6 +11,7 @@ from skills.calls import (
     SkillParseError,
     UnresolvedObject,
     by_colour,
+    colour_named,
     colour_refs,
     named_by_colour,
     objects_of,
@@ -23,6 +24,6 @@ from skills.robot import ObjectInfo, Robot, Workspace
 
 __all__ = [
     "Answer", "Done", "ObjectInfo", "Pick", "Place", "Push", "Robot", "SkillCall", "SkillLibrary",
-    "SkillParseError", "SkillResult", "UnresolvedObject", "Workspace", "by_colour", "colour_refs",
+    "SkillParseError", "SkillResult", "UnresolvedObject", "Workspace", "by_colour", "colour_named", "colour_refs",
     "named_by_colour", "objects_of", "parse", "register_skill", "registered_skills", "rename", "resolve",
 ]

@@ -157,6 +157,12 @@ def rename(call: SkillCall, names: Mapping[str, str]) -> SkillCall:
     return dataclasses.replace(call, **{f: names.get(getattr(call, f), getattr(call, f)) for f in fields})
 
 
+def colour_named(call: SkillCall, refs: Mapping[str, str]) -> SkillCall | None:
+    """``call`` with every object named by its colour reference (``refs``: ``colour_refs``); None when one
+    of them has none (another object shares its colour and kind)."""
+    return rename(call, refs) if all(n in refs for n in objects_of(call)) else None
+
+
 def named_by_colour(call: SkillCall) -> bool:
     """Whether ``call`` names an object by colour (it needs ``resolve`` before a robot can run it)."""
     return any(ref.startswith("the ") for ref in objects_of(call))

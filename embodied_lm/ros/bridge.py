@@ -54,7 +54,7 @@ from sensors.perception import (
     render_mask,
 )
 from skills import Answer, Done, Pick, Place, Push, SkillLibrary, SkillParseError, parse
-from skills.calls import colour_refs, named_by_colour, objects_of, rename, resolve
+from skills.calls import colour_named, colour_refs, named_by_colour, resolve
 from skills.robot import Workspace
 from skills.vocab import ANSWERS, all_calls
 
@@ -655,7 +655,7 @@ class RosEmbodiment:
                                 isinstance(c, Push) and c.to_obj is not None))
         if by_colour:
             refs = colour_refs(infos)
-            out = [rename(c, refs) for c in out if all(n in refs for n in objects_of(c))]
+            out = [named for c in out if (named := colour_named(c, refs)) is not None]
         return [str(c) for c in out]
 
 
