@@ -85,7 +85,8 @@ class PerceivedScene:
         """Sim names in ``text`` -> the perception's names for those objects: pairs of the same kind within
         ``match_tolerance``, nearest first, one to one; the held one is the tracker's held one; ``known``:
         sim -> perceived pairs already decided (a call's objects).  A sim object the perception has not
-        found keeps its name (a name it cannot resolve).  One pass: a renamed name is not renamed again."""
+        found gets a name no perceived object has (its own sim name may be another object's perceived
+        name: "place obj_1 on obj_1").  One pass: a renamed name is not renamed again."""
         slots = self.tracker.slots
         names: dict[str, str] = dict(known or {})
         wanted = [n for n in sorted(set(OBJ.findall(text))) if n in infos and n not in names]
@@ -99,4 +100,8 @@ class PerceivedScene:
             if d <= self.match_tolerance and n not in names and k not in used:
                 names[n] = f"obj_{k + 1}"
                 used.add(k)
+        unseen = (k for k in range(len(slots) + len(wanted) + len(used) + 1) if k not in slots and k not in used)
+        for n in wanted:
+            if n not in names:  # the perception has not found it: a name that resolves to nothing
+                names[n] = f"obj_{next(unseen) + 1}"
         return self.rename(text, names)

@@ -217,3 +217,24 @@ def test_a_perceived_model_plans_on_a_robot_that_sends_no_camera_params(env):
     planner.reset(Robot(), obs, info)
     step = planner.act(obs, info)
     assert step.split()[0] in ("pick", "place", "push", "answer", "done"), step
+
+
+def test_a_sim_object_the_perception_lost_never_takes_another_object_s_name():
+    """Renaming the oracle's call: the held block is perceived as obj_1 and the target (sim obj_1) is
+    not perceived at all; the call must name an object the perception does not know, not obj_1 twice."""
+    from types import SimpleNamespace
+
+    from sensors.perception import PerceivedObject
+    from sim.perceived import PerceivedScene
+
+    scene = PerceivedScene(workspace=None, table=((0, 1), (0, 1)))
+    seen = {0: PerceivedObject("block", "red", np.array([0.5, 0.0, 0.3]), 0.04, 0.04, held=True),
+            1: PerceivedObject("block", "blue", np.array([0.4, 0.1, 0.02]), 0.04, 0.04)}
+    scene.tracker.slots, scene.tracker.held = seen, 0
+    infos = {"obj_1": SimpleNamespace(kind="block", position=np.array([0.6, -0.2, 0.02])),  # not perceived
+             "obj_2": SimpleNamespace(kind="block", position=np.array([0.5, 0.0, 0.3])),  # held
+             "obj_3": SimpleNamespace(kind="block", position=np.array([0.4, 0.1, 0.02]))}
+    assert scene.from_sim("place obj_2 on obj_3", infos, held="obj_2") == "place obj_1 on obj_2"
+    assert scene.from_sim("place obj_2 on obj_1", infos, held="obj_2") == "place obj_1 on obj_3"
+    names, why = scene.to_sim("place obj_1 on obj_3", infos, held="obj_2")
+    assert names is None and why == "there is no obj_3 (objects: obj_1, obj_2)"
