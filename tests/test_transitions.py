@@ -206,8 +206,8 @@ def test_transition_examples_carry_the_simulator_s_labels(tiny, faulted_store):
         assert said.startswith(f"{r.plan[t].split()[1]} is ")  # the called object's place, then the verdict
         assert change == "nothing changed" or change.startswith("obj_")
     assert [verdict(a) for a in answer[::2]].count("no") > 0 and all(e.sentence.n_obs == 2 for e in plain)
-    more = examples_from_store(path, tiny, ["success"])  # + a counterfactual question per step, where there is one
-    assert len(steps) < len(more) <= 2 * len(steps) and {e.task for e in more} == {"success"}
+    more = examples_from_store(path, tiny, ["success"])  # + a "no" and a "yes" question per step, where there are
+    assert len(steps) < len(more) <= 3 * len(steps) and {e.task for e in more} == {"success"}
 
 
 def test_the_judge_answers_from_the_well_formed_answers_for_the_called_object(tiny):
@@ -310,3 +310,17 @@ def test_a_run_trained_on_transitions_reports_them(tmp_path):
     assert len(rows) == tr["steps"] and {"call", "skill_success", "success_answer", "change_truth"} <= set(rows[0])
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
     assert saved["model"]["transitions"] == ["success", "change"]
+
+
+def test_affirmative_questions_ask_a_goal_the_after_scene_shows():
+    """For a place, another object whose goal the after scene shows (answered yes); none for a pick."""
+    from embodied_lm.transitions import affirmative
+
+    rng = np.random.default_rng(0)
+    on = _objects((1, 0, 0, 0.0, 0.0), (2, 0, 1, 0.0, 0.0), (3, 0, 0, 0.2, 0.0), (4, 0, 3, 0.2, 0.0))
+    asked = {affirmative("place obj_2 on obj_1", on, rng) for _ in range(20)}
+    assert asked == {"place obj_4 on obj_3"}  # the only other block resting on a block
+    assert {affirmative("place obj_2 on table", on, rng) for _ in range(20)} == {"place obj_1 on table",
+                                                                                 "place obj_3 on table"}
+    assert all(holds(a, on) for a in asked) and affirmative("pick obj_2", on, rng) is None
+
