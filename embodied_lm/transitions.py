@@ -170,8 +170,8 @@ def examples_from_store(path, model, which: Sequence[str], families: Sequence[st
                         counterfactuals: bool = True) -> list[Example]:
     """Every skill step of every episode (failed ones too: they hold the negatives; optionally only some
     families) that has a next frame: one example per question in ``which``, in step order, task = the
-    question's name (the batch sampler's family); with ``success``, after each step's own question one
-    ``counterfactual`` question where there is one."""
+    question's name (the batch sampler's family); with ``success``, after each step's own question a
+    ``counterfactual`` ("no") and an ``affirmative`` ("yes") question where there is one."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)

@@ -13,6 +13,7 @@ are not observed.  Between the planner and the sim:
 
 from __future__ import annotations
 
+import itertools
 import re
 
 import numpy as np
@@ -100,7 +101,7 @@ class PerceivedScene:
             if d <= self.match_tolerance and n not in names and k not in used:
                 names[n] = f"obj_{k + 1}"
                 used.add(k)
-        unseen = (k for k in range(len(slots) + len(wanted) + len(used) + 1) if k not in slots and k not in used)
+        unseen = (k for k in itertools.count() if k not in slots and k not in used)
         for n in wanted:
             if n not in names:  # the perception has not found it: a name that resolves to nothing
                 names[n] = f"obj_{next(unseen) + 1}"
