@@ -150,16 +150,11 @@ def affirmative(call: str, after: np.ndarray, rng: np.random.Generator) -> str |
     w = call.split(" ")
     if w[0] != "place":
         return None  # one object can be held: a pick has no other "yes"
-    moved = int(w[1][4:])
-    blocks = [k for k in present_slots(after) if k != moved and KINDS[int(after[k - 1, Col.KIND])] == "block"]
-    if w[-1] == "table":
-        pairs = [(k, 0) for k in blocks if int(after[k - 1, Col.SUPPORT]) == 0]
-    else:
-        pairs = [(k, int(after[k - 1, Col.SUPPORT])) for k in blocks if int(after[k - 1, Col.SUPPORT]) > 0]
-    if not pairs:
-        return None
-    k, on = pairs[int(rng.integers(len(pairs)))]
-    return f"place obj_{k} on table" if on == 0 else f"place obj_{k} {_where(after, on)}"
+    to_table = w[-1] == "table"
+    asks = [f"place obj_{k} on table" if on == 0 else f"place obj_{k} {_where(after, on)}"
+            for k in present_slots(after) if k != int(w[1][4:]) and KINDS[int(after[k - 1, Col.KIND])] == "block"
+            and (on := int(after[k - 1, Col.SUPPORT])) >= 0 and (on == 0) == to_table]  # -1: held
+    return asks[int(rng.integers(len(asks)))] if asks else None
 
 
 def label(which: str, call: str, ok: bool, before: np.ndarray, after: np.ndarray) -> str:
