@@ -319,11 +319,14 @@ def object_colors(slots: Mapping[int, PerceivedObject]) -> np.ndarray:
 
 
 class SlotTracker:
-    """Persistent obj_k names within an episode: each new view is matched to the previous one."""
+    """Persistent obj_k names within an episode: each new view is matched to the previous one.  An object
+    the view loses (hidden, toppled out of a segment) is remembered: when one of its kind and colour shows
+    up again within ``recall`` of where it was last seen, it gets its old name back, not a new one."""
 
-    def __init__(self, max_objects: int = vocab.MAX_OBJECTS, radius: float = 0.06):
+    def __init__(self, max_objects: int = vocab.MAX_OBJECTS, radius: float = 0.06, recall: float = 0.3):
         self.max_objects = max_objects
         self.radius = radius
+        self.recall = recall
         self.reset()
 
     def reset(self) -> None:
@@ -333,6 +336,7 @@ class SlotTracker:
         self.released: PerceivedObject | None = None  # let go since the last update: keeps its slot
         self.released_slot: int | None = None
         self.grasped: PerceivedObject | None = None  # picked since the last update, as last seen on the table
+        self.lost: dict[int, PerceivedObject] = {}  # slot -> as last seen, for objects out of view
 
     def update(self, objects: Sequence[PerceivedObject],
                ee_position: np.ndarray | None = None) -> dict[int, PerceivedObject]:
@@ -370,7 +374,9 @@ class SlotTracker:
                 order.remove(i)
                 self.held = None
         self.grasped = None
-        rel = self.released
+        rel, gone = self.released, {**self.lost, **prev}
+        if rel is not None:
+            gone[self.released_slot] = rel
         if rel is not None and self.released_slot not in new:
             # The block just let go of reappears elsewhere: the unmatched one of its colour nearest the gripper.
             same = [i for i in order if objects[i].kind == rel.kind and objects[i].color == rel.color]
@@ -379,6 +385,13 @@ class SlotTracker:
                 new[self.released_slot] = objects[i]
                 order.remove(i)
         self.released = self.released_slot = None
+        for i in list(order):  # back in view: the nearest lost object of its kind and colour
+            o = objects[i]
+            back = [k for k, p in self.lost.items() if k not in new and p.kind == o.kind and p.color == o.color
+                    and float(np.linalg.norm(p.position - o.position)) <= self.recall]
+            if back:
+                new[min(back, key=lambda k: float(np.linalg.norm(self.lost[k].position - o.position)))] = o
+                order.remove(i)
         for i in order:
             free = [k for k in range(self.max_objects) if k not in self.used and k not in new and k != self.held]
             if not free:
@@ -390,6 +403,7 @@ class SlotTracker:
             h = self.slots[self.held]
             pos = h.position if ee_position is None else np.asarray(ee_position, float) + HELD_OFFSET
             new[self.held] = replace(h, position=np.asarray(pos, float), held=True)
+        self.lost = {k: o for k, o in gone.items() if k not in new}
         self.slots = dict(sorted(new.items()))
         self.used |= set(new)
         return self.slots

@@ -298,6 +298,23 @@ def test_a_slipped_grasp_is_seen_and_the_block_is_not_held():
     assert tr.update([b], ee_position=np.array([0.3, 0.0, 0.3]))[names["red"]].held  # checked once, not after
 
 
+def test_an_object_out_of_view_gets_its_name_back_when_it_is_seen_again():
+    red = PerceivedObject("block", "red", np.array([0.4, 0.0, 0.02]), 0.04, 0.04)
+    blue = PerceivedObject("block", "blue", np.array([0.6, 0.1, 0.02]), 0.04, 0.04)
+    tr = SlotTracker()
+    names = {o.color: k for k, o in tr.update([red, blue]).items()}
+    assert names["red"] not in tr.update([blue])  # hidden: not reported ...
+    assert names["red"] not in tr.update([blue])
+    toppled = PerceivedObject("block", "red", np.array([0.48, -0.08, 0.02]), 0.04, 0.04)  # 11 cm away
+    green = PerceivedObject("block", "green", np.array([0.4, 0.0, 0.02]), 0.04, 0.04)  # where red was
+    back = tr.update([blue, toppled, green])
+    assert {o.color: k for k, o in back.items() if o.color != "green"} == names  # ... and back under its name
+    assert [k for k, o in back.items() if o.color == "green"] == [2]  # another colour: a new name
+    far = PerceivedObject("block", "blue", np.array([0.1, -0.3, 0.02]), 0.04, 0.04)
+    tr.update([toppled, green])
+    assert [k for k, o in tr.update([toppled, green, far]).items() if o.color == "blue"] == [3]  # too far
+
+
 def test_topic_and_joint_names_are_written_once():
     """``RosConfig``'s defaults and ``messages.JOINT_NAMES`` are the only names: the sim endpoint publishes
     on a ``RosConfig`` and the MCAP export takes the same joint names."""
