@@ -14,7 +14,8 @@ the cameras (all pure numpy, unit-testable):
 * colours are named by the closest ``skills.vocab.COLORS`` entry up to a brightness scale (shaded faces
   are the same colour, darker);
 * a persistent slot per object over an episode (``SlotTracker``): obj_k keeps its name from step to
-  step, and the block in the gripper keeps the name it was picked with;
+  step, the block in the gripper keeps the name it was picked with, and an object out of view for a
+  while (hidden, toppled) gets its old name back when it is seen again;
 * the support slot (what each object rests on) comes from geometry through ``skills.scene``.
 """
 
