@@ -120,9 +120,21 @@ def success_answers(call: str, after: np.ndarray) -> list[str]:
     return ["yes", "no"] + [f"obj_{slot} is {p}, so {v}" for p in places for v in ("yes", "no")]
 
 
-def verdict(answer: str | None) -> str | None:
-    """"yes" | "no" of a success answer (with or without its reason)."""
-    return None if answer is None else answer.rsplit(" ", 1)[-1]
+def verdict(answer: str | None, call: str | None = None) -> str | None:
+    """"yes" | "no" of a success answer.  Given the ``call`` it is about, an answer with a reason is judged
+    by its reason: "yes" when the reason puts the called object where the call was for, whatever verdict
+    word follows ("obj_2 is on the table, so yes" about "place obj_2 on obj_4" is a "no").  The model reads
+    where the object is far more reliably than it compares that with the call (every run on record: F1
+    0.990-1.000 from the reason, 0.820-1.000 from the word), so the comparison is done here, by rule."""
+    if answer is None:
+        return None
+    said = answer.rsplit(" ", 1)[-1]
+    if call is None or ", so " not in answer or _moved(call) is None:
+        return said
+    obj, _, where = answer.rsplit(", so ", 1)[0].partition(" is ")
+    w = call.split(" ")
+    goal = ["held"] if w[0] == "pick" else ["on the table"] if w[-1] == "table" else [f"on {w[-1]}", f"in {w[-1]}"]
+    return "yes" if obj == w[1] and where in goal else "no"
 
 
 def counterfactual(call: str, after: np.ndarray, rng: np.random.Generator) -> str | None:
@@ -226,7 +238,7 @@ class TransitionJudge:
             return greedy(m, embeds, m.tok, trie, max_new=32)
 
     def succeeded(self, call: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
-        return verdict(self.ask("success", call, before, after)) == "yes"
+        return verdict(self.ask("success", call, before, after), call) == "yes"
 
 
 @dataclass
@@ -290,19 +302,15 @@ def transition_metrics(rows: Sequence[TransitionRow]) -> dict[str, Any]:
                            if rows else 0.0}
     judged = [r for r in rows if r.success_answer is not None]
     if judged:
-        said_no = [verdict(r.success_answer) == "no" for r in judged]
-        tp = sum(not r.skill_success and no for r, no in zip(judged, said_no))
-        fp = sum(r.skill_success and no for r, no in zip(judged, said_no))
-        fn = sum(not r.skill_success and not no for r, no in zip(judged, said_no))
-        prec = tp / max(tp + fp, 1)
-        rec = tp / max(tp + fn, 1)
-        failures = tp + fn  # none (no faults): recall and F1 are undefined, not 0
-        f1 = round(2 * prec * rec / max(prec + rec, 1e-9), 4) if failures else None
-        out["success"] = {"f1_failure": f1, "precision": round(prec, 4),
-                          "recall": round(rec, 4) if failures else None,
-                          "accuracy": round(float(np.mean([(verdict(r.success_answer) == "yes") == r.skill_success
-                                                           for r in judged])), 4),
-                          "by_fault": _by_fault(judged)}
+        failed = [not r.skill_success for r in judged]
+        prec, rec, f1 = _detection(failed, [verdict(r.success_answer, r.call) == "no" for r in judged])
+        out["success"] = {"f1_failure": f1, "precision": prec, "recall": rec,
+                          "accuracy": round(float(np.mean([(verdict(r.success_answer, r.call) == "yes")
+                                                           == r.skill_success for r in judged])), 4),
+                          "by_fault": _by_fault(judged),
+                          # the verdict word alone, not checked against the reason (``verdict``)
+                          "f1_failure_word": _detection(failed, [verdict(r.success_answer) == "no"
+                                                                 for r in judged])[2]}
     changed = [r for r in rows if r.change_answer is not None]
     if changed:
         out["change"] = {"exact": round(float(np.mean([r.change_answer == r.change_truth for r in changed])), 4),
@@ -310,11 +318,23 @@ def transition_metrics(rows: Sequence[TransitionRow]) -> dict[str, Any]:
     return out
 
 
+def _detection(failed: Sequence[bool], said_no: Sequence[bool]) -> tuple[float, float | None, float | None]:
+    """Precision, recall and F1 with *failure* as the positive class; recall and F1 are None (undefined,
+    not 0) when nothing failed."""
+    tp = sum(f and n for f, n in zip(failed, said_no))
+    fp = sum(n and not f for f, n in zip(failed, said_no))
+    fn = sum(f and not n for f, n in zip(failed, said_no))
+    prec, rec = tp / max(tp + fp, 1), tp / max(tp + fn, 1)
+    if not tp + fn:
+        return round(prec, 4), None, None
+    return round(prec, 4), round(rec, 4), round(2 * prec * rec / max(prec + rec, 1e-9), 4)
+
+
 def _by_fault(rows: Sequence[TransitionRow]) -> dict[str, dict[str, float]]:
     groups: dict[str, list[TransitionRow]] = {}
     for r in rows:
         groups.setdefault(r.fault or "none", []).append(r)
-    return {k: {"steps": len(v), "accuracy": round(float(np.mean([(verdict(r.success_answer) == "yes")
+    return {k: {"steps": len(v), "accuracy": round(float(np.mean([(verdict(r.success_answer, r.call) == "yes")
                                                                    == r.skill_success for r in v])), 4)}
             for k, v in sorted(groups.items())}
 

@@ -144,6 +144,14 @@ def test_what_changed_reads_the_support_relations():
     assert success_answer("pick obj_1", False, held) == "obj_1 is on the table, so no"
     assert success_answer("push obj_1 to obj_2", True, pushed) == "yes"
     assert verdict("obj_2 is on obj_1, so no") == "no" and verdict("yes") == "yes"
+    # given the call, the reason decides: is the called object where the call was for?
+    assert verdict("obj_2 is on the table, so yes", "place obj_2 on obj_4") == "no"
+    assert verdict("obj_2 is on obj_4, so no", "place obj_2 on obj_4") == "yes"
+    assert verdict("obj_2 is in obj_5, so no", "place obj_2 in obj_5") == "yes"
+    assert verdict("obj_3 is on obj_1, so yes", "place obj_3 on table") == "no"
+    assert verdict("obj_1 is held, so no", "pick obj_1") == "yes"
+    assert verdict("obj_2 is held, so yes", "pick obj_1") == "no"  # another object's place says nothing
+    assert verdict("no", "pick obj_1") == "no" and verdict("yes", "push obj_1 to obj_2") == "yes"  # no reason
     answers = success_answers("place obj_2 in obj_3", inside)  # what the judge's decoding may say
     assert "obj_2 is in obj_3, so yes" in answers and "obj_2 is on obj_1, so no" in answers
     assert "obj_2 is held, so no" in answers and "obj_2 is on obj_2, so yes" not in answers
@@ -212,7 +220,7 @@ def test_transition_examples_carry_the_simulator_s_labels(tiny, faulted_store):
 
 def test_the_judge_answers_from_the_well_formed_answers_for_the_called_object(tiny):
     """Even an untrained model's answer is one of ``success_answers`` (constrained decoding), and the
-    planner's verdict is that answer's last word."""
+    planner's verdict is that answer's reason checked against the call."""
     env = TabletopEnv(EnvConfig(observe_images=False, faults={"slip": 1.0}))
     try:
         steps = [s for s in _oracle_steps(env, P2) if s[0].split()[0] in ("pick", "place")]
@@ -222,7 +230,7 @@ def test_the_judge_answers_from_the_well_formed_answers_for_the_called_object(ti
     for call, before, after, _ in steps[:3]:
         said = judge.ask("success", call, before, after)
         assert said in success_answers(call, after["objects"]), (call, said)
-        assert judge.succeeded(call, before, after) == (verdict(said) == "yes")
+        assert judge.succeeded(call, before, after) == (verdict(said, call) == "yes")
 
 
 def test_plan_history_keeps_only_the_steps_that_worked(tiny, faulted_store):
@@ -275,6 +283,10 @@ def test_metrics_count_failure_as_the_positive_class():
     m = transition_metrics(rows)
     assert m["failed_share"] == 0.5 and m["success"]["precision"] == 0.5 and m["success"]["recall"] == 0.5
     assert m["success"]["f1_failure"] == 0.5 and m["success"]["accuracy"] == 0.5 and m["change"]["exact"] == 0.75
+    # a reason that contradicts its verdict word: the reason counts, the word alone is reported beside it
+    rows = [row(False, "obj_1 is on the table, so yes"), row(True, "obj_1 is held, so no"), row(False, "no")]
+    m = transition_metrics(rows)["success"]
+    assert m["f1_failure"] == 1.0 and m["accuracy"] == 1.0 and m["f1_failure_word"] == 0.5
 
 
 def test_ros_endpoint_reports_a_faulted_skill_as_success(caplog):
