@@ -177,8 +177,9 @@ def examples_from_store(path, model, which: Sequence[str], families: Sequence[st
                         counterfactuals: bool = True) -> list[Example]:
     """Every skill step of every episode (failed ones too: they hold the negatives; optionally only some
     families) that has a next frame: one example per question in ``which``, in step order, task = the
-    question's name (the batch sampler's family); with ``success``, after each step's own question a
-    ``counterfactual`` ("no") and an ``affirmative`` ("yes") question where there is one."""
+    question's name (the batch sampler's family).  With ``counterfactuals``, "what changed" is asked of
+    the pair swapped too (after, before), and ``success`` adds a ``counterfactual`` ("no") and an
+    ``affirmative`` ("yes") question where there is one."""
     from embodied_lm.datasets import ReplayReader
 
     reader = ReplayReader(path)
@@ -205,7 +206,13 @@ def examples_from_store(path, model, which: Sequence[str], families: Sequence[st
                 answer = label(w, call, bool(oks[g]), objects[g], objects[g + 1])
                 sent = transition_sentence(model, w, call, objects[g], objects[g + 1], enc.kind, answer)
                 out.append(Example(sent, obs, w))
-            if "success" not in which or not counterfactuals:
+            if not counterfactuals:
+                continue
+            if "change" in which:  # the pair swapped: a pick read backwards is a place, so both images count
+                answer = change_text(objects[g + 1], objects[g])
+                sent = transition_sentence(model, "change", call, objects[g + 1], objects[g], enc.kind, answer)
+                out.append(Example(sent, obs[::-1], "change"))
+            if "success" not in which:
                 continue
             for other in (counterfactual(call, objects[g + 1], rng), affirmative(call, objects[g + 1], rng)):
                 if other is not None:

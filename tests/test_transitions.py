@@ -216,6 +216,15 @@ def test_transition_examples_carry_the_simulator_s_labels(tiny, faulted_store):
     assert [verdict(a) for a in answer[::2]].count("no") > 0 and all(e.sentence.n_obs == 2 for e in plain)
     more = examples_from_store(path, tiny, ["success"])  # + a "no" and a "yes" question per step, where there are
     assert len(steps) < len(more) <= 3 * len(steps) and {e.task for e in more} == {"success"}
+    both = examples_from_store(path, tiny, ["change"])  # each step's pair, then the pair swapped
+    assert len(both) == 2 * len(steps) and {e.task for e in both} == {"change"}
+    for fwd, back, change in zip(both[::2], both[1::2], answer[1::2]):
+        assert back.sensors[0] is fwd.sensors[1] and back.sensors[1] is fwd.sensors[0]
+        said = tiny.tok.decode(back.sentence.ids[back.sentence.n_prompt:-1]).strip()
+        if change.endswith("is now held"):  # a pick read backwards puts the block back down
+            assert said.startswith(change.split(" is ")[0] + " is now ") and not said.endswith("held")
+        if change == "nothing changed":
+            assert said == change
 
 
 def test_the_judge_answers_from_the_well_formed_answers_for_the_called_object(tiny):
