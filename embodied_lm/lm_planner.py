@@ -73,14 +73,17 @@ class EmbodiedLMPlanner:
         self.cache, self.unfed = DynamicCache(), []  # episode context: the sentence so far; ids not yet in it
         self.last: tuple[str, dict] | None = None  # (the previous call, the observation it started from)
         self.judged_failed: list[str] = []
+        self.answers: list[tuple[str, str]] = []  # (call, the judge's answer) for every skill judged
         if self.detect:
             from embodied_lm.transitions import TransitionJudge
 
             self.judge = TransitionJudge(self.model, self.cameras, self.precision)
 
     def episode_extra(self) -> dict[str, Any]:
-        """What the episode's row records beside the plan: the steps judged failed and replanned."""
-        return {"judged_failed": list(self.judged_failed)} if self.detect else {}
+        """What the episode's row records beside the plan: the steps judged failed and replanned, and the
+        judge's answer for every skill it judged."""
+        return {"judged_failed": list(self.judged_failed), "judge_answers": [list(a) for a in self.answers]} \
+            if self.detect else {}
 
     def _judge_last(self, obs) -> None:
         """A skill judged failed leaves "Done so far": the next decision replans it from what is seen."""
@@ -89,7 +92,9 @@ class EmbodiedLMPlanner:
         if self.last is None or self.last[0].split(" ")[0] not in SKILL_VERBS:
             return
         call, before = self.last
-        if not self.judge.succeeded(call, before, obs):
+        ok, answer = self.judge.judged(call, before, obs)
+        self.answers.append((call, answer))
+        if not ok:
             self.judged_failed.append(call)
             self.history.pop()
 

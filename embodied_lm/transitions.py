@@ -244,8 +244,10 @@ class TransitionJudge:
             trie = Trie(m.tok, success_answers(call, after["objects"])) if which == "success" else None
             return greedy(m, embeds, m.tok, trie, max_new=32)
 
-    def succeeded(self, call: str, before: dict[str, Any], after: dict[str, Any]) -> bool:
-        return verdict(self.ask("success", call, before, after), call) == "yes"
+    def judged(self, call: str, before: dict[str, Any], after: dict[str, Any]) -> tuple[bool, str]:
+        """(did ``call`` succeed, the answer that says so): the answer's reason checked against the call."""
+        answer = self.ask("success", call, before, after)
+        return verdict(answer, call) == "yes", answer
 
 
 @dataclass

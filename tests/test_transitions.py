@@ -239,7 +239,7 @@ def test_the_judge_answers_from_the_well_formed_answers_for_the_called_object(ti
     for call, before, after, _ in steps[:3]:
         said = judge.ask("success", call, before, after)
         assert said in success_answers(call, after["objects"]), (call, said)
-        assert judge.succeeded(call, before, after) == (verdict(said, call) == "yes")
+        assert judge.judged(call, before, after) == (verdict(said, call) == "yes", said)
 
 
 def test_plan_history_keeps_only_the_steps_that_worked(tiny, faulted_store):
@@ -270,7 +270,7 @@ def test_detection_replans_a_step_judged_failed(tiny, monkeypatch):
         env.close()
     assert asked == [("success", first, obs, nxt)]  # the call, the observation before it and the one after
     assert planner.judged_failed == [first] and planner.history == [second]  # judged failed: not history
-    assert planner.episode_extra() == {"judged_failed": [first]}
+    assert planner.episode_extra() == {"judged_failed": [first], "judge_answers": [[first, "no"]]}
     monkeypatch.setattr(planner.judge, "ask", lambda *a: "yes")
     planner.last = (first, obs)
     planner.history = [first]
