@@ -33,6 +33,7 @@ from skills.vocab import BLOCK_SIZE, COLOR_NAMES, Col
 _RGB = np.array([vocab.COLORS[c][:3] for c in COLOR_NAMES], np.float64)  # (C, 3)
 LOW_TOP = 0.035  # a cluster whose top is below this is (a piece of) a bowl: 3 cm walls; block tops are at 4 cm
 MIN_FACE_POINTS = 15  # a top-view block needs this many points on its top face
+MIN_PART_POINTS = 15  # fewer are stray pixels at an edge (mixed depth): neither a block nor a bowl wall
 SPLIT_EXTENT = 0.064  # a top-view cluster wider than one block (diagonal 5.7 cm) may be touching blocks
 BOWL_MERGE = 0.14  # wall pieces whose union box fits in this square are one bowl
 MATCH_XY = 0.035  # side-view cluster <-> top-view cluster association radius (m)
@@ -203,6 +204,8 @@ def fuse_detections(dets_by_camera: Mapping[str, Sequence],
     for cam in cams:
         for d in dets_by_camera[cam]:
             for part in _split(d, by_area=cam == top):
+                if len(part.points) < MIN_PART_POINTS:
+                    continue
                 if _is_wall(part):
                     walls.append(part)
                 elif cam != top:

@@ -266,6 +266,21 @@ def test_fusion_splits_a_tower_into_coloured_layers_and_finds_supports():
     assert np.allclose(arr[arr[:, Col.PRESENT] == 1][:, Col.QUAT], [0, 0, 0, 1])  # identity quaternions
 
 
+def test_fusion_ignores_a_few_stray_pixels_at_an_edge():
+    """A side view's 5-point sliver (mixed depth at a block's lower edge) made a phantom block, or a
+    phantom bowl when it was low: "the white one" then matched two objects."""
+    top_down, side = np.eye(4), np.eye(4)
+    top_down[:3, :3] = np.diag([1.0, -1.0, -1.0])
+    side[:3, :3] = np.array([[0, 0, -1.0], [1, 0, 0], [0, -1, 0]])
+    white = np.array(COLORS["white"][:3])
+    block = {"top": [_Det(_face(0.5, 0.1, 0.04), white)], "front": [_Det(_side(0.5, 0.1, 0.001, 0.039), white)]}
+    score = {"top": looks_down(top_down), "front": looks_down(side)}
+    for z in (0.015, 0.03):  # low (a bowl wall's height) and high (a block's side)
+        sliver = _Det([(0.47, 0.14 + 0.003 * i, z) for i in range(5)], white)
+        objs = fuse_detections({"top": block["top"], "front": [*block["front"], sliver]}, score)
+        assert [(o.kind, o.color) for o in objs] == [("block", "white")]
+
+
 def test_slot_tracker_keeps_names_and_the_held_block():
     a = PerceivedObject("block", "red", np.array([0.4, 0.0, 0.02]), 0.04, 0.04)
     b = PerceivedObject("block", "blue", np.array([0.6, 0.1, 0.02]), 0.04, 0.04)
