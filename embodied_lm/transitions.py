@@ -312,10 +312,11 @@ def transition_metrics(rows: Sequence[TransitionRow]) -> dict[str, Any]:
     judged = [r for r in rows if r.success_answer is not None]
     if judged:
         failed = [not r.skill_success for r in judged]
-        prec, rec, f1 = _detection(failed, [verdict(r.success_answer, r.call) == "no" for r in judged])
+        said = [verdict(r.success_answer, r.call) for r in judged]
+        prec, rec, f1 = _detection(failed, [v == "no" for v in said])
         out["success"] = {"f1_failure": f1, "precision": prec, "recall": rec,
-                          "accuracy": round(float(np.mean([(verdict(r.success_answer, r.call) == "yes")
-                                                           == r.skill_success for r in judged])), 4),
+                          "accuracy": round(float(np.mean([(v == "yes") == r.skill_success
+                                                           for v, r in zip(said, judged)])), 4),
                           "by_fault": _by_fault(judged),
                           # the verdict word alone, not checked against the reason (``verdict``)
                           "f1_failure_word": _detection(failed, [verdict(r.success_answer) == "no"
