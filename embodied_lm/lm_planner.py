@@ -26,6 +26,9 @@ def _cameras(env) -> dict[str, dict[str, Any]]:
                   for k, v in p.items()} for cam, p in params.items()}
 
 
+BAR_AFTER = 3  # judged failures of one call in a row before detection bars it (see _judge_last)
+
+
 @register_planner("embodied_lm")
 class EmbodiedLMPlanner:
     """Closed loop: observe -> sentence (instruction + steps so far + observation tokens) -> next step.
@@ -74,6 +77,8 @@ class EmbodiedLMPlanner:
         self.last: tuple[str, dict] | None = None  # (the previous call, the observation it started from)
         self.judged_failed: list[str] = []
         self.answers: list[tuple[str, str]] = []  # (call, the judge's answer) for every skill judged
+        self.failed_in_a_row: dict[str, int] = {}  # call -> times judged failed since a skill last succeeded
+        self.barred: set[str] = set()  # calls constrained decoding leaves out until a skill succeeds
         if self.detect:
             from embodied_lm.transitions import TransitionJudge
 
@@ -86,7 +91,10 @@ class EmbodiedLMPlanner:
             if self.detect else {}
 
     def _judge_last(self, obs) -> None:
-        """A skill judged failed leaves "Done so far": the next decision replans it from what is seen."""
+        """A skill judged failed leaves "Done so far": the next decision replans it from what is seen.  A
+        call judged failed ``BAR_AFTER`` times with no skill succeeding between is barred until one does:
+        the scene it reads is unchanged, so the same decision would come again (a call the robot refuses
+        would repeat to the step limit)."""
         from embodied_lm.transitions import SKILL_VERBS
 
         if self.last is None or self.last[0].split(" ")[0] not in SKILL_VERBS:
@@ -97,6 +105,12 @@ class EmbodiedLMPlanner:
         if not ok:
             self.judged_failed.append(call)
             self.history.pop()
+            self.failed_in_a_row[call] = self.failed_in_a_row.get(call, 0) + 1
+            if self.failed_in_a_row[call] >= BAR_AFTER:
+                self.barred.add(call)
+        else:
+            self.failed_in_a_row.clear()
+            self.barred.clear()
 
     def spawn(self) -> EmbodiedLMPlanner:
         """Another planner for a concurrent episode: the same model, decoding settings and tries."""
@@ -179,9 +193,10 @@ class EmbodiedLMPlanner:
         sensors = collate([m.encoder.preprocess(obs, self.cameras)])
         trie = None
         if self.constrained:
-            key = (tuple(names), tuple(kinds))
+            barred = tuple(sorted(self.barred))
+            key = (tuple(names), tuple(kinds), barred)
             if key not in self._tries:
-                self._tries[key] = Trie(m.tok, all_calls(names, kinds))
+                self._tries[key] = Trie(m.tok, [c for c in all_calls(names, kinds) if c not in barred])
             trie = self._tries[key]
         with autocast("cpu", self.precision):
             return m.embed_sentence(torch.tensor([ids]), torch.tensor([slots]), sensors), trie  # (1, T, D)

@@ -8,7 +8,7 @@ import torch
 from embodied_lm.config import ConfigError, TrainConfig, load_run_config
 from embodied_lm.data import examples_from_store as plan_examples
 from embodied_lm.evaluate import run_episode
-from embodied_lm.lm_planner import EmbodiedLMPlanner
+from embodied_lm.lm_planner import BAR_AFTER, EmbodiedLMPlanner
 from embodied_lm.model import EmbodiedLM, ModelConfig
 from embodied_lm.planners import make_planner
 from embodied_lm.sentence import collate, inject
@@ -276,6 +276,38 @@ def test_detection_replans_a_step_judged_failed(tiny, monkeypatch):
     planner.history = [first]
     planner.act(nxt, info)
     assert planner.history[0] == first and planner.judged_failed == [first]  # judged fine: it stays
+
+
+def _calls(trie) -> set[str]:
+    """Every call a trie allows."""
+    stack, out = [trie.root], set()
+    while stack:
+        node = stack.pop()
+        out |= {v for k, v in node.items() if k is None}
+        stack += [v for k, v in node.items() if k is not None]
+    return out
+
+
+def test_detection_bars_a_call_judged_failed_three_times_until_a_skill_succeeds(tiny, monkeypatch):
+    """A refused call leaves the scene as it was, so the same decision would come back to the step limit:
+    after ``BAR_AFTER`` failures in a row constrained decoding leaves it out, until a skill succeeds."""
+    env = TabletopEnv(EnvConfig(observe_images=False))
+    planner = EmbodiedLMPlanner(model=tiny, detect=True)
+    try:
+        obs, info = env.reset(options={"spec": P1})
+        planner.reset(env, obs, info)
+        call = env.oracle_action()
+        verdicts = iter(["no"] * BAR_AFTER + ["yes"])
+        monkeypatch.setattr(planner.judge, "ask", lambda *question: next(verdicts))
+        allowed = []
+        for _ in range(BAR_AFTER + 1):
+            planner.history, planner.last = [call], (call, obs)
+            planner.act(obs, info)
+            allowed.append(call in _calls(planner._prompt(obs)[1]))
+    finally:
+        env.close()
+    assert planner.judged_failed == [call] * BAR_AFTER
+    assert allowed == [True] * (BAR_AFTER - 1) + [False, True]  # barred after the third; a success lifts it
 
 
 def test_detection_needs_a_model_that_learned_it():
