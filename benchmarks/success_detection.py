@@ -1,6 +1,8 @@
 """Closed loop with injected faults: does success detection save the episodes a silent fault breaks?
 
-The same specs run twice with the same checkpoint, ``decode.detect`` off and on.  ``--embodiment ros``
+The same specs run with the same checkpoint in each arm (``--arms``): ``decode.detect`` off and on, and
+``reports`` (no judge; a skill the robot itself reports failed — a refused call — is replanned and barred
+like one judged failed).  ``--embodiment ros``
 (default): the sim-backed robot endpoint injects the faults and reports every faulted skill as a success
 (a gripper that cannot sense a dropped block), the bridge's perception names the objects, and only the
 planner's own question "Was <call> successful?" over the observations before and after can notice.
@@ -29,6 +31,9 @@ from sim.env import EnvConfig, TabletopEnv
 from sim.faults import parse_faults
 from sim.tasks import generate_specs
 
+# The loops compared: no failure signal; the robot's own failure reports; the model's judge.
+ARMS = {"no_detect": {}, "reports": {"reports": True}, "detect": {"detect": True}}
+
 
 @contextlib.contextmanager
 def embodiment(kind: str, faults: dict[str, float], images: bool, perception: bool = False):
@@ -56,6 +61,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--episodes", type=int, default=20, help="per family and level")
     ap.add_argument("--refer", default="color", help="entity | color | mixed (a person names blocks by colour)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--arms", nargs="+", choices=tuple(ARMS), default=["no_detect", "detect"],
+                    help="reports: no judge, but a skill the robot reports failed is replanned and barred too")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
     try:
@@ -69,8 +76,8 @@ def main(argv: list[str] | None = None) -> None:
     specs = generate_specs(args.families, args.levels, args.episodes, args.seed, "test", args.refer)
     out = {"checkpoint": args.checkpoint, "embodiment": args.embodiment, "faults": faults, "refer": args.refer,
            "episodes": len(specs), "versions": versions(), "arms": {}}
-    for detect in (False, True):
-        planner = EmbodiedLMPlanner(model=model, detect=detect)
+    for name in args.arms:
+        planner = EmbodiedLMPlanner(model=model, **ARMS[name])
         t0 = time.perf_counter()
         with embodiment(args.embodiment, faults, model.cfg.sensors != "state",
                         model.cfg.sensors == "perceived") as (env, ep):
@@ -87,14 +94,13 @@ def main(argv: list[str] | None = None) -> None:
                "mean_steps": round(float(np.mean([r.steps for r in rows])), 2),
                "planner_ms_per_step": round(float(np.mean([r.planner_ms for r in rows])), 1),
                "wall_s": round(time.perf_counter() - t0, 1)}
-        out["arms"]["detect" if detect else "no_detect"] = arm
-        out.setdefault("rows", {})["detect" if detect else "no_detect"] = [row_dict(r) for r in rows]
+        out["arms"][name] = arm
+        out.setdefault("rows", {})[name] = [row_dict(r) for r in rows]
         if ep is not None:
-            out.setdefault("endpoint_faults", {})["detect" if detect else "no_detect"] = list(ep.stats.faults)
-        print(f"detect={'on' if detect else 'off'}: {json.dumps(arm)}", flush=True)
-    a, b = out["arms"]["no_detect"], out["arms"]["detect"]
-    print(f"episode success {a['success']:.1%} -> {b['success']:.1%} with detection "
-          f"({args.embodiment}, faults {faults}, {len(specs)} episodes)")
+            out.setdefault("endpoint_faults", {})[name] = list(ep.stats.faults)
+        print(f"{name}: {json.dumps(arm)}", flush=True)
+    print("episode success: " + ", ".join(f"{k} {v['success']:.1%}" for k, v in out["arms"].items())
+          + f" ({args.embodiment}, faults {faults}, {len(specs)} episodes)")
     if args.json:
         with open(args.json, "w") as f:
             json.dump(out, f, indent=1)

@@ -26,7 +26,7 @@ def _cameras(env) -> dict[str, dict[str, Any]]:
                   for k, v in p.items()} for cam, p in params.items()}
 
 
-BAR_AFTER = 3  # judged failures of one call in a row before detection bars it (see _judge_last)
+BAR_AFTER = 3  # judged failures of one call in a row before it is barred (see _review_last)
 
 
 @register_planner("embodied_lm")
@@ -38,7 +38,7 @@ class EmbodiedLMPlanner:
     answer as training tokenized it (" <step></s>") enters the cache before the next step's text."""
 
     def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0,
-                 precision: str = DecodeConfig.precision, detect: bool = False):
+                 precision: str = DecodeConfig.precision, detect: bool = False, reports: bool = False):
         if model is None:  # Ray workers get a checkpoint path, not a pickled model
             from embodied_lm.train import load_trained
 
@@ -51,6 +51,7 @@ class EmbodiedLMPlanner:
         self.precision = precision  # fp32, or bf16 autocast (embodied_lm.model.autocast)
         self.needs_images = model.encoder.reads_images  # perceived: object rows + colours, as a robot sends
         self.detect = detect  # judge each skill from the observations before and after it
+        self.reports = reports  # a skill the robot reports failed is failed, without asking the judge
         self._tries: dict[tuple, Trie] = {}
 
     @classmethod
@@ -88,20 +89,25 @@ class EmbodiedLMPlanner:
         """What the episode's row records beside the plan: the steps judged failed and replanned, and the
         judge's answer for every skill it judged."""
         return {"judged_failed": list(self.judged_failed), "judge_answers": [list(a) for a in self.answers]} \
-            if self.detect else {}
+            if self.detect or self.reports else {}
 
-    def _judge_last(self, obs) -> None:
-        """A skill judged failed leaves "Done so far": the next decision replans it from what is seen.  A
-        call judged failed ``BAR_AFTER`` times with no skill succeeding between is barred until one does:
-        the scene it reads is unchanged, so the same decision would come again (a call the robot refuses
-        would repeat to the step limit)."""
+    def _review_last(self, obs, info) -> None:
+        """A skill judged failed (``detect``) or reported failed by the robot (``reports``) leaves "Done so
+        far": the next decision replans it from what is seen.  A call failed ``BAR_AFTER`` times with no
+        skill succeeding between is barred until one does: the scene it reads is unchanged, so the same
+        decision would come again (a call the robot refuses would repeat to the step limit)."""
         from embodied_lm.transitions import SKILL_VERBS
 
         if self.last is None or self.last[0].split(" ")[0] not in SKILL_VERBS:
             return
         call, before = self.last
-        ok, answer = self.judge.judged(call, before, obs)
-        self.answers.append((call, answer))
+        if self.reports and info.get("skill_success") is False:
+            ok = False
+        elif self.detect:
+            ok, answer = self.judge.judged(call, before, obs)
+            self.answers.append((call, answer))
+        else:
+            return
         if not ok:
             self.judged_failed.append(call)
             self.history.pop()
@@ -116,14 +122,13 @@ class EmbodiedLMPlanner:
         """Another planner for a concurrent episode: the same model, decoding settings and tries."""
         twin = object.__new__(type(self))
         twin.__dict__.update({k: v for k, v in self.__dict__.items() if k in (
-            "model", "constrained", "precision", "needs_images", "detect", "_tries")})
+            "model", "constrained", "precision", "needs_images", "detect", "reports", "_tries")})
         return twin
 
     @torch.no_grad()
     def act(self, obs, info) -> str:
         m = self.model
-        if self.detect:
-            self._judge_last(obs)
+        self._review_last(obs, info)
         episode = m.cfg.context == "episode"
         embeds, trie = self._prompt(obs)
         with autocast("cpu", self.precision):
@@ -149,8 +154,7 @@ class EmbodiedLMPlanner:
                 batch.append(None)
                 continue
             try:
-                if p.detect:
-                    p._judge_last(o)
+                p._review_last(o, infos[i])
                 batch.append(p._prompt(o))
             except PlannerRefusal as e:
                 out[i] = e

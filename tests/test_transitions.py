@@ -310,6 +310,24 @@ def test_detection_bars_a_call_judged_failed_three_times_until_a_skill_succeeds(
     assert allowed == [True] * (BAR_AFTER - 1) + [False, True]  # barred after the third; a success lifts it
 
 
+def test_a_skill_the_robot_reports_failed_is_replanned_and_barred_without_a_judge():
+    plain = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
+    env = TabletopEnv(EnvConfig(observe_images=False))
+    planner = EmbodiedLMPlanner(model=plain, reports=True)  # no success detection learned: none needed
+    try:
+        obs, info = env.reset(options={"spec": P1})
+        planner.reset(env, obs, info)
+        call = env.oracle_action()
+        for reported in [True] + [False] * BAR_AFTER:
+            planner.history, planner.last = [call], (call, obs)
+            planner.act(obs, {**info, "skill_success": reported})
+    finally:
+        env.close()
+    assert planner.judged_failed == [call] * BAR_AFTER and call in planner.barred
+    assert call not in _calls(planner._prompt(obs)[1])
+    assert planner.episode_extra()["judge_answers"] == []  # nobody was asked
+
+
 def test_detection_needs_a_model_that_learned_it():
     plain = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=0)
     with pytest.raises(ConfigError, match="train.transitions"):
