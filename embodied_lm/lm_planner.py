@@ -106,6 +106,8 @@ class EmbodiedLMPlanner:
         elif self.detect:
             ok, answer = self.judge.judged(call, before, obs)
             self.answers.append((call, answer))
+        elif self.reports:
+            ok = True  # the robot says it worked; with no judge, that is all there is
         else:
             return
         if not ok:
