@@ -265,6 +265,9 @@ class DecodeConfig:
     # ask the model after each skill whether it worked, and replan a step judged failed: on | off | auto
     # (auto: on a robot, embodiment=ros, whose skills report no truthful verdict, if the model learned it)
     detect: str = "auto"
+    # a skill the robot (or the sim) reports failed, e.g. a refused call, leaves "Done so far" and is replanned;
+    # failed 3 times in a row it is barred until a skill succeeds (off: the history keeps it as done)
+    reports: bool = True
 
     def __post_init__(self) -> None:
         check_choice("decode.precision", self.precision, PRECISIONS)

@@ -60,7 +60,8 @@ class EmbodiedLMPlanner:
         from embodied_lm.train import load_trained, read_checkpoint_config
         from sensors import ENCODERS
 
-        decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision}
+        decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision,
+                  "reports": cfg.decode.reports}
         if cfg.ray.enabled:
             model_cfg = read_checkpoint_config(checkpoint)["model"]
             decode["detect"] = _detect(cfg, model_cfg.get("transitions", []))
