@@ -204,7 +204,7 @@ def eval_stage(cfg: RunConfig, cfg_dict: dict[str, Any], run_dir: Path, specs: l
         results["precision"] = {"native_bf16_cpu": native_bf16("cpu"),
                                 "planner": resolve_precision("cpu", cfg.decode.precision),
                                 "train": resolve_precision("cpu", cfg.train.precision) if trained else None}
-        results["decode"] = {"detect": kwargs.get("detect", False)}
+        results["decode"] = {"detect": kwargs.get("detect", False), "reports": kwargs.get("reports", False)}
         from embodied_lm.train import load_trained, read_checkpoint_config
 
         here = kwargs.get("model", model)  # None when only Ray workers loaded it

@@ -378,7 +378,8 @@ def test_a_run_trained_on_transitions_reports_them(tmp_path):
     tr = res["transitions"]
     assert tr["faults"]["slip"] == 1.0 and tr["steps"] >= 1 and tr["failed_share"] == 1.0  # every grasp slips
     assert 0 <= tr["success"]["f1_failure"] <= 1
-    assert 0 <= tr["change"]["exact"] <= 1 and res["decode"] == {"detect": False}  # auto: off in the sim
+    assert 0 <= tr["change"]["exact"] <= 1
+    assert res["decode"] == {"detect": False, "reports": True}  # detect auto: off in the sim
     rows = [json.loads(line) for line in (tmp_path / "transitions.jsonl").read_text().splitlines()]
     assert len(rows) == tr["steps"] and {"call", "skill_success", "success_answer", "change_truth"} <= set(rows[0])
     saved = json.loads((tmp_path / "checkpoint" / "config.json").read_text())
