@@ -90,7 +90,7 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
     ``micro_batches`` parts, each padded to its own longest; in bf16 the frozen weights held in bf16."""
     examples = []
     for obs, history, action in steps:
-        prompt = prompt_text(obs["instruction"], history, model.kind, obs["objects"], model.cfg.scene)
+        prompt = prompt_text(obs["instruction"], history, model.kind, obs["objects"])
         examples.append(Example(model.sentence(prompt, action), model.encoder.preprocess(obs, {}), ""))
     lengths = np.array([len(e.sentence.ids) for e in examples])
     opt = _optimizer(model, RUN.train)

@@ -29,9 +29,6 @@ TRANSITIONS = ("success", "change")  # questions about a transition (embodied_lm
 NO_FAULTS = {"slip": 0.0, "drop": 0.0, "topple": 0.0}  # sim.faults.FAULTS, each off
 CONTEXTS = ("step", "episode")  # what one training sentence holds: one step, or a whole episode (embodied_lm.data)
 CALLS = ("obj", "colour")  # how plans name objects: obj_k, or "the red block" (a model without object tokens)
-# how the prompt introduces each object: its tokens ("obj_1 is <obj_1>.") or its colour and kind words too
-# ("obj_1 is a green bowl <obj_1>.": colours compared as words, e.g. bowl_match's block and bowl)
-SCENES = ("tokens", "words")
 PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast where the CPU/GPU has native bf16
 
 
@@ -199,7 +196,6 @@ class TrainConfig:
     # transition questions trained beside the plans (embodied_lm.transitions): success | change
     transitions: list[str] = field(default_factory=list)
     calls: str = "obj"  # one of CALLS: the plans it learns name objects obj_k, or by colour ("pick the red block")
-    scene: str = "tokens"  # one of SCENES: how its prompts introduce each object
     balance: str = "family"  # family: task families equally likely per batch | step: every example
     # balance=family: relative odds of each family in a batch (1 for a family not named)
     family_weights: dict[str, float] = field(default_factory=lambda: {"p2_stack": 3.0, "q2_on_table": 2.0})
@@ -227,9 +223,6 @@ class TrainConfig:
         check_choice("train.calls", self.calls, CALLS)
         if self.transitions and self.calls != "obj":  # success answers name the called object obj_k
             raise ConfigError("train.transitions need train.calls=obj")
-        check_choice("train.scene", self.scene, SCENES)
-        if self.transitions and self.scene != "tokens":  # their before / after scenes are tokens only
-            raise ConfigError("train.transitions need train.scene=tokens")
         check_choice("train.backend", self.backend, ("local", "ray"))
         for k in ("steps", "batch_size", "micro_batches", "checkpoint_every", "lora_r", "num_workers"):
             if getattr(self, k) < 1:
@@ -359,7 +352,7 @@ class RunConfig:
                            encoder=dict(self.sensors.encoder), projector=t.projector, mode=t.mode,
                            lora_r=t.lora_r, lora_targets=list(t.lora_targets),
                            relation_loss=self.sensors.relation_loss, context=t.context,
-                           transitions=list(t.transitions), calls=t.calls, scene=t.scene)
+                           transitions=list(t.transitions), calls=t.calls)
 
 
 def register_configs() -> None:

@@ -28,7 +28,7 @@ _MENTION = re.compile(r"\bobj_([1-9][0-9]*)\b")
 
 
 def prompt_text(instruction: str, history: Sequence[str] | None, kind: str,
-                objects: np.ndarray | None = None, scene: str = "tokens") -> str:
+                objects: np.ndarray | None = None) -> str:
     """The multimodal prompt (``history`` None: no "Done so far" line, the episode context's).
     ``objects``: the observed object rows (objects encoders), whose present objects are introduced by
     name and whose colours resolve the instruction's colour references.
@@ -38,34 +38,28 @@ def prompt_text(instruction: str, history: Sequence[str] | None, kind: str,
     a 135M LM does not learn, within the CPU budget, to look a mention up in the scene list, but it reads
     a token placed where it is asked about.  A colour reference is a mention too: ``ground`` writes the
     name of the object it names after it ("the red block obj_3 <obj_3>") or refuses the instruction
-    (``UnresolvedReference``) when the scene holds no such object or several.  ``scene``: one of SCENES
-    (``scene_text``)."""
+    (``UnresolvedReference``) when the scene holds no such object or several."""
     if kind == "objects":
         on = set(present_slots(objects))
         instruction = _MENTION.sub(lambda m: f"{m.group(0)} <{m.group(0)}>" if int(m.group(1)) in on
                                    else m.group(0), ground(instruction, objects))
     done = "" if history is None else f"\nDone so far: {'; '.join(history) if history else 'nothing'}."
-    return f"{scene_text(kind, objects, scene)}\nTask: {instruction}{done}\nNext:"
+    return f"{scene_text(kind, objects)}\nTask: {instruction}{done}\nNext:"
 
 
-def scene_text(kind: str, objects: np.ndarray | None = None, scene: str = "tokens") -> str:
-    """``Scene: obj_1 is <obj_1>. ...`` (objects encoders: the present objects; ``scene="words"``:
-    ``obj_1 is a green bowl <obj_1>.``, the colour and kind the rows say) or ``Scene: <img>.``"""
-    if kind != "objects":
-        return "Scene: <img>."
-    if scene == "words":
-        return "Scene:" + "".join(f" {o.name} is {'an' if o.colour[0] in 'aeiou' else 'a'} {o.colour} {o.kind} "
-                                  f"<{o.name}>." for o in scene_objects(objects))
-    return "Scene:" + "".join(f" obj_{k} is <obj_{k}>." for k in present_slots(objects))
+def scene_text(kind: str, objects: np.ndarray | None = None) -> str:
+    """``Scene: obj_1 is <obj_1>. ...`` (objects encoders: the present objects) or ``Scene: <img>.``"""
+    if kind == "objects":
+        return "Scene:" + "".join(f" obj_{k} is <obj_{k}>." for k in present_slots(objects))
+    return "Scene: <img>."
 
 
-def episode_prompt(instruction: str, step: int, kind: str, objects: np.ndarray | None = None,
-                   scene: str = "tokens") -> str:
+def episode_prompt(instruction: str, step: int, kind: str, objects: np.ndarray | None = None) -> str:
     """The text before step ``step``'s answer in the ``episode`` context: the first step introduces the
     scene and the task (as ``prompt_text``, without a history), each later one only its new scene."""
     if step == 0:
-        return prompt_text(instruction, None, kind, objects, scene)
-    return scene_text(kind, objects, scene) + "\nNext:"
+        return prompt_text(instruction, None, kind, objects)
+    return scene_text(kind, objects) + "\nNext:"
 
 
 def present_slots(objects: np.ndarray) -> list[int]:
@@ -140,7 +134,7 @@ def encoder_keys(reader, encoder, path) -> set[str]:
 
 
 def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None,
-                        context: str = "step", calls: str = "obj", scene: str = "tokens") -> list[Example]:
+                        context: str = "step", calls: str = "obj") -> list[Example]:
     """Every step of every successful episode in the store (optionally only some families): one
     example per step (``context="step"``) or per episode (``"episode"``).  "Done so far" lists the
     steps that worked: after a failed skill (``collect.faults``) the demonstration's retry is decided
@@ -183,9 +177,9 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
                 done.append(plan[t])
             try:
                 if context == "episode":
-                    prompt = episode_prompt(meta["instruction"], t, encoder.kind, objects[g], scene)
+                    prompt = episode_prompt(meta["instruction"], t, encoder.kind, objects[g])
                 else:
-                    prompt = prompt_text(meta["instruction"], history, encoder.kind, objects[g], scene)
+                    prompt = prompt_text(meta["instruction"], history, encoder.kind, objects[g])
             except UnresolvedReference as e:
                 if not perceived:
                     raise UnresolvedReference(f"{path}: episode {i} step {t}: {e}") from None
@@ -213,7 +207,7 @@ def training_examples(path, model, families: Sequence[str] | None = None) -> lis
     """What ``model`` trains on from the store: its plans in its context, plus the transition questions
     its config names (``model.cfg.transitions``, embodied_lm.transitions)."""
     out = examples_from_store(path, model.tok, model.encoder, families, context=model.cfg.context,
-                              calls=model.cfg.calls, scene=model.cfg.scene)
+                              calls=model.cfg.calls)
     if model.cfg.transitions:
         from embodied_lm import transitions
 

@@ -188,9 +188,9 @@ class EmbodiedLMPlanner:
             names = [refs[n] for n in names if n in refs]
         episode = m.cfg.context == "episode"
         if episode:
-            prompt = episode_prompt(obs["instruction"], len(self.history), m.kind, obs["objects"], m.cfg.scene)
+            prompt = episode_prompt(obs["instruction"], len(self.history), m.kind, obs["objects"])
         else:
-            prompt = prompt_text(obs["instruction"], self.history, m.kind, obs["objects"], m.cfg.scene)
+            prompt = prompt_text(obs["instruction"], self.history, m.kind, obs["objects"])
         sent = m.sentence(prompt, None)
         ids, slots = sent.ids, sent.slots
         if episode:  # the previous answer's tokens that are not in the cache yet come first

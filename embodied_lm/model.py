@@ -25,7 +25,6 @@ from embodied_lm.config import (
     MODES,
     PRECISIONS,
     PROJECTORS,
-    SCENES,
     TRANSITIONS,
     BackboneConfig,
     ConfigError,
@@ -103,7 +102,6 @@ class ModelConfig:
     context: str = TrainConfig.context  # what a sentence holds (embodied_lm.data): the planner decodes likewise
     transitions: list[str] = field(default_factory=list)  # transition questions it learned (TRANSITIONS)
     calls: str = TrainConfig.calls  # how its plans name objects (CALLS): the planner's grammar follows
-    scene: str = TrainConfig.scene  # how its prompts introduce objects (SCENES): the planner's prompts follow
 
     def __post_init__(self) -> None:
         check_choice("mode", self.mode, MODES)
@@ -115,9 +113,6 @@ class ModelConfig:
         check_choice("calls", self.calls, CALLS)
         if self.transitions and self.calls != "obj":
             raise ConfigError("transitions need calls=obj")
-        check_choice("scene", self.scene, SCENES)
-        if self.transitions and self.scene != "tokens":
-            raise ConfigError("transitions need scene=tokens")
         check_choice("projector", self.projector, PROJECTORS)
         if self.relation_loss < 0:
             raise ConfigError(f"relation_loss must be >= 0, got {self.relation_loss}")

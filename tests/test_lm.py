@@ -540,39 +540,6 @@ def test_a_model_that_names_objects_by_colour_learns_and_plans_in_colour_calls(e
     assert env.world.object_infos()[info["held"]].color == call.split()[2]
 
 
-def test_a_words_scene_model_trains_and_plans_on_one_prompt(env, tmp_path, monkeypatch):
-    """train.scene=words: each object's colour and kind words stand beside its tokens, in the training
-    sentence and in the planner's prompt alike (the same ids), with the same sensor slots as scene=tokens."""
-    from embodied_lm.data import examples_from_store
-    from embodied_lm.datasets import ReplayWriter
-    from embodied_lm.evaluate import evaluate
-    from embodied_lm.lm_planner import EmbodiedLMPlanner
-    from embodied_lm.planners import make_planner
-    from sim.tasks import generate_specs
-
-    specs = generate_specs(["bowl_match"], ["L1"], episodes=1, split="train")
-    path = tmp_path / "demos.zarr"
-    with ReplayWriter(path, attrs={"images": False}) as w:
-        evaluate(env, make_planner("oracle"), specs, w, progress=False)
-    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", scene="words"), seed=0)
-    words = examples_from_store(path, model.tok, model.encoder, scene="words")[0].sentence
-    tokens = examples_from_store(path, model.tok, model.encoder)[0].sentence
-    obs, info = env.reset(options={"spec": specs[0]})
-    colours = {o.name: (o.color, o.kind) for o in env.world.object_infos().values()}
-    text = model.tok.decode([i for i, s in zip(words.ids[:words.n_prompt], words.slots) if s < 0])
-    for name, (colour, kind) in colours.items():
-        assert f"{name} is {'an' if colour[0] in 'aeiou' else 'a'} {colour} {kind}." in text
-    assert [s for s in words.slots if s >= 0] == [s for s in tokens.slots if s >= 0]
-    assert len(words.ids) > len(tokens.ids)
-    seen = []
-    sentence = model.sentence
-    monkeypatch.setattr(model, "sentence", lambda *a, **k: seen.append(sentence(*a, **k)) or seen[-1])
-    planner = EmbodiedLMPlanner(model=model, precision="fp32")
-    planner.reset(env, obs, info)
-    planner.act(obs, info)
-    assert seen[0].ids == words.ids[:words.n_prompt]
-
-
 def test_the_run_config_hands_the_planner_the_robot_s_reports_by_default(tiny):
     from embodied_lm.config import DecodeConfig, RayConfig, RunConfig
     from embodied_lm.lm_planner import EmbodiedLMPlanner

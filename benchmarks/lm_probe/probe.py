@@ -40,7 +40,7 @@ tok = m.tok
 def mk(rows):
     out = []
     for r in rows:
-        prompt = prompt_text(r["instruction"], r["history"], m.kind, r["objects"], m.cfg.scene)
+        prompt = prompt_text(r["instruction"], r["history"], m.kind, r["objects"])
         s = m.sentence(prompt, r["answer"])
         out.append((s, {"objects": r["objects"]}, r))
     return out
