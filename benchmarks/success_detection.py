@@ -32,8 +32,8 @@ from sim.faults import parse_faults
 from sim.tasks import generate_specs
 
 # The loops compared: no failure signal; the robot's own failure reports; the model's judge.
-ARMS = {"no_detect": {}, "reports": {"reports": True}, "detect": {"detect": True},
-        "detect_reports": {"detect": True, "reports": True}}
+ARMS = {"no_detect": {"reports": False}, "reports": {"reports": True},
+        "detect": {"detect": True, "reports": False}, "detect_reports": {"detect": True, "reports": True}}
 
 
 @contextlib.contextmanager

@@ -266,7 +266,7 @@ class DecodeConfig:
     # (auto: on a robot, embodiment=ros, whose skills report no truthful verdict, if the model learned it)
     detect: str = "auto"
     # a skill the robot (or the sim) reports failed, e.g. a refused call, leaves "Done so far" and is replanned;
-    # failed 3 times in a row it is barred until a skill succeeds (off: the history keeps it as done)
+    # failed 3 times in a row it is barred until a skill succeeds (off, and in the episode context: kept as done)
     reports: bool = True
 
     def __post_init__(self) -> None:

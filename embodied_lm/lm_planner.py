@@ -38,7 +38,8 @@ class EmbodiedLMPlanner:
     answer as training tokenized it (" <step></s>") enters the cache before the next step's text."""
 
     def __init__(self, model=None, checkpoint: str | None = None, constrained: bool = True, seed: int = 0,
-                 precision: str = DecodeConfig.precision, detect: bool = False, reports: bool = False):
+                 precision: str = DecodeConfig.precision, detect: bool = False,
+                 reports: bool = DecodeConfig.reports):
         if model is None:  # Ray workers get a checkpoint path, not a pickled model
             from embodied_lm.train import load_trained
 
@@ -51,7 +52,9 @@ class EmbodiedLMPlanner:
         self.precision = precision  # fp32, or bf16 autocast (embodied_lm.model.autocast)
         self.needs_images = model.encoder.reads_images  # perceived: object rows + colours, as a robot sends
         self.detect = detect  # judge each skill from the observations before and after it
-        self.reports = reports  # a skill the robot reports failed is failed, without asking the judge
+        # a skill the robot reports failed is failed, without asking the judge; not in the episode context,
+        # whose KV cache already holds the call (as training's sentence holds every step)
+        self.reports = reports and model.cfg.context == "step"
         self._tries: dict[tuple, Trie] = {}
 
     @classmethod
@@ -60,14 +63,15 @@ class EmbodiedLMPlanner:
         from embodied_lm.train import load_trained, read_checkpoint_config
         from sensors import ENCODERS
 
-        decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision,
-                  "reports": cfg.decode.reports}
+        decode = {"constrained": cfg.decode.constrained, "precision": cfg.decode.precision}
         if cfg.ray.enabled:
             model_cfg = read_checkpoint_config(checkpoint)["model"]
             decode["detect"] = _detect(cfg, model_cfg.get("transitions", []))
+            decode["reports"] = cfg.decode.reports and model_cfg.get("context", "step") == "step"
             return {"checkpoint": checkpoint, **decode}, ENCODERS[model_cfg["sensors"]].reads_images
         model = model if model is not None else load_trained(checkpoint, seed=cfg.seed)
         decode["detect"] = _detect(cfg, model.cfg.transitions)
+        decode["reports"] = cfg.decode.reports and model.cfg.context == "step"  # results.json says what ran
         return {"model": model, **decode}, model.encoder.reads_images
 
     def reset(self, env, obs, info) -> None:

@@ -549,3 +549,11 @@ def test_the_run_config_hands_the_planner_the_robot_s_reports_by_default(tiny):
     off, _ = EmbodiedLMPlanner.run_args(RunConfig(ray=serial, decode=DecodeConfig(reports=False)), model=tiny)
     assert on["reports"] is True and off["reports"] is False
     assert EmbodiedLMPlanner(**on).reports and not EmbodiedLMPlanner(**off).reports
+
+
+def test_an_episode_context_planner_keeps_refused_calls_in_its_sentence():
+    """Reports would drop a refused call from the history, but the episode context's cache holds it."""
+    from embodied_lm.lm_planner import EmbodiedLMPlanner
+
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", context="episode"), seed=0)
+    assert not EmbodiedLMPlanner(model=model, reports=True).reports
