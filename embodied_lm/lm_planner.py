@@ -52,9 +52,7 @@ class EmbodiedLMPlanner:
         self.precision = precision  # fp32, or bf16 autocast (embodied_lm.model.autocast)
         self.needs_images = model.encoder.reads_images  # perceived: object rows + colours, as a robot sends
         self.detect = detect  # judge each skill from the observations before and after it
-        # a skill the robot reports failed is failed, without asking the judge; not in the episode context,
-        # whose KV cache already holds the call (as training's sentence holds every step)
-        self.reports = reports and model.cfg.context == "step"
+        self.reports = _reports(reports, model.cfg.context)  # a reported failure is one, without the judge
         self._tries: dict[tuple, Trie] = {}
 
     @classmethod
@@ -67,11 +65,11 @@ class EmbodiedLMPlanner:
         if cfg.ray.enabled:
             model_cfg = read_checkpoint_config(checkpoint)["model"]
             decode["detect"] = _detect(cfg, model_cfg.get("transitions", []))
-            decode["reports"] = cfg.decode.reports and model_cfg.get("context", "step") == "step"
+            decode["reports"] = _reports(cfg.decode.reports, model_cfg.get("context", "step"))
             return {"checkpoint": checkpoint, **decode}, ENCODERS[model_cfg["sensors"]].reads_images
         model = model if model is not None else load_trained(checkpoint, seed=cfg.seed)
         decode["detect"] = _detect(cfg, model.cfg.transitions)
-        decode["reports"] = cfg.decode.reports and model.cfg.context == "step"  # results.json says what ran
+        decode["reports"] = _reports(cfg.decode.reports, model.cfg.context)  # results.json says what ran
         return {"model": model, **decode}, model.encoder.reads_images
 
     def reset(self, env, obs, info) -> None:
@@ -227,6 +225,12 @@ class EmbodiedLMPlanner:
         if extra > 0:  # crop(-n) drops the last n positions (transformers 5)
             self.cache.crop(-extra)
         return want[keep:]
+
+
+def _reports(on: bool, context: str) -> bool:
+    """``decode.reports`` resolved: never in the episode context, whose KV cache already holds the call
+    (as training's sentence holds every step)."""
+    return on and context == "step"
 
 
 def _detect(cfg, transitions: list[str]) -> bool:
