@@ -27,7 +27,7 @@ from tqdm import tqdm
 from embodied_lm.atomic import staged_dir
 from embodied_lm.config import TrainConfig  # the one train config: defaults and checks
 from embodied_lm.data import Example
-from embodied_lm.model import EmbodiedLM, ModelConfig, autocast, bf16_training
+from embodied_lm.model import EmbodiedLM, ModelConfig, autocast, bf16_training, compiled_layers
 from embodied_lm.sentence import IGNORE, collate
 
 SENSOR_PARAMS = ("encoder.", "projector.", "relation_heads.")  # trained at train.sensor_lr
@@ -178,7 +178,7 @@ def train(model: EmbodiedLM, examples: list[Example], cfg: TrainConfig, out_dir:
     bar = tqdm(total=cfg.steps, initial=state["step"], desc="train", unit="step",
                disable=not progress or rank != 0, dynamic_ncols=True)
     t0 = time.perf_counter() - state["train_s"]
-    with bf16_training(model, device.type, cfg.precision):
+    with bf16_training(model, device.type, cfg.precision), compiled_layers(model, cfg.compile):
         while state["step"] < cfg.steps:
             idx = draw(rng)  # the global batch: the same on every rank
             mine = np.array_split(idx, world_size)[rank]

@@ -5,6 +5,8 @@ import pytest
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# train.compile costs ~20 s per tiny training run (a dozen here); test_lm compares it with eager training
+os.environ.setdefault("TORCH_COMPILE_DISABLE", "1")
 
 
 @pytest.fixture(scope="module")

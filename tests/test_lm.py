@@ -218,6 +218,28 @@ def test_micro_batches_train_the_same_model(tmp_path):
     np.testing.assert_allclose(runs[2], runs[0], atol=1e-4)
 
 
+def test_compiled_layers_train_the_same_model_and_the_planner_gets_eager_ones(tmp_path):
+    """train.compile: the decoder layers run through torch.compile while training -- the same losses as
+    eager (fused kernels sum in another order) -- and are eager again afterwards (the planner's KV-cache
+    forwards would recompile)."""
+    from torch._dynamo import config as dynamo_config
+
+    from embodied_lm.train import TrainConfig, train
+
+    runs, compiled = {}, {False: [], True: []}
+    for on in (False, True):
+        model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0)
+        layer = model.body.layers[0]
+        model.body.register_forward_hook(lambda *_, on=on, layer=layer: compiled[on].append(layer._compiled_call_impl))
+        tcfg = TrainConfig(steps=3, batch_size=4, warmup=1, checkpoint_every=100, compile=on)
+        with dynamo_config.patch(disable=False):  # tests/conftest.py turns compiling off elsewhere
+            runs[on] = train(model, _examples(model), tcfg, tmp_path / str(on), progress=False)["losses"]
+        assert layer._compiled_call_impl is None
+    assert compiled[False] and all(c is None for c in compiled[False])
+    assert compiled[True] and all(c is not None for c in compiled[True])
+    np.testing.assert_allclose(runs[True], runs[False], rtol=1e-5)
+
+
 def test_bf16_training_stores_frozen_weights_in_bf16_only_while_it_trains(tmp_path, monkeypatch):
     """A bf16 training loop holds the frozen LM's linear weights in bf16 (no cast in every forward) and
     attends eagerly: the same losses as casting each time under eager attention, and the fp32 weights
