@@ -280,7 +280,9 @@ class EmbodiedLM(nn.Module):
         every sentence in order (one each, or one per step in the episode context)."""
         enc, tokens, pointers, slots = self.encode(batch["sensors"])
         x = inject(self.embed(batch["ids"]), batch["slots"], slots)  # (B, T, D)
-        h = self.body(inputs_embeds=x, attention_mask=batch["attention_mask"], use_cache=False).last_hidden_state  # (B, T, D)
+        # no KV cache while training: nothing reads it
+        h = self.body(inputs_embeds=x, attention_mask=batch["attention_mask"], use_cache=False)
+        h = h.last_hidden_state  # (B, T, D)
         target = batch["labels"][:, 1:]  # position t predicts token t+1
         sel = target != IGNORE  # (B, T-1)
         # fp32 logits, outside autocast: no bf16 copy of the (V, D) head per micro-batch (~0.1 s on 2 cores)

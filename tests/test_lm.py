@@ -230,7 +230,7 @@ def test_compiled_layers_train_the_same_model_and_the_planner_gets_eager_ones(tm
     for on in (False, True):
         model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0)
         layer = model.body.layers[0]
-        model.body.register_forward_hook(lambda *_, on=on, layer=layer: compiled[on].append(layer._compiled_call_impl))
+        model.body.register_forward_hook(lambda *_, c=compiled[on], x=layer: c.append(x._compiled_call_impl))
         tcfg = TrainConfig(steps=3, batch_size=4, warmup=1, checkpoint_every=100, compile=on)
         with dynamo_config.patch(disable=False):  # tests/conftest.py turns compiling off elsewhere
             runs[on] = train(model, _examples(model), tcfg, tmp_path / str(on), progress=False)["losses"]
