@@ -34,7 +34,7 @@ from embodied_lm.config import RunConfig
 from embodied_lm.data import Example, prompt_text
 from embodied_lm.evaluate import run_episode
 from embodied_lm.lm_planner import EmbodiedLMPlanner
-from embodied_lm.model import EmbodiedLM, autocast, bf16_training, native_bf16
+from embodied_lm.model import EmbodiedLM, autocast, bf16_training, compiled_layers, native_bf16
 from embodied_lm.planners import make_planner
 from embodied_lm.train import _optimizer, length_groups, make_batch
 from sim.env import EnvConfig, TabletopEnv
@@ -85,9 +85,11 @@ def matmul_peak(precision: str, n: int = 2048, reps: int = 6) -> float:
     return 2 * n**3 / float(np.median(times))
 
 
-def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_steps: int) -> dict:
+def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_steps: int,
+                compile: bool = False) -> dict:
     """One optimiser step as ``embodied_lm.train.train`` takes it: the batch sorted by length into
-    ``micro_batches`` parts, each padded to its own longest; in bf16 the frozen weights held in bf16."""
+    ``micro_batches`` parts, each padded to its own longest; in bf16 the frozen weights held in bf16;
+    with ``compile`` the decoder layers compiled (``train.compile``; the compile itself is in the warm-up)."""
     examples = []
     for obs, history, action in steps:
         prompt = prompt_text(obs["instruction"], history, model.kind, obs["objects"])
@@ -95,14 +97,12 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
     lengths = np.array([len(e.sentence.ids) for e in examples])
     opt = _optimizer(model, RUN.train)
     rng = np.random.default_rng(0)
-    secs, tokens, padded, flops = [], [], [], None
-    model.train()
-    for i in range(n_steps + 3):
+    secs, tokens, padded = [], [], []
+
+    def step(counter=None) -> tuple[np.ndarray, list[dict]]:
         idx = rng.integers(len(examples), size=RUN.train.batch_size)
         parts = [make_batch(examples, p, model.tok.pad_token_id)
                  for p in length_groups(idx, lengths, micro_batches)]
-        counter = FlopCounterMode(display=False) if i == 0 else None
-        t = time.perf_counter()
         with counter or torch.enable_grad(), bf16_training(model, "cpu", precision):
             opt.zero_grad(set_to_none=True)
             for b in parts:
@@ -110,9 +110,20 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
                     loss = model(b, answer_share=1 / len(parts), obs_share=1 / len(parts))
                 loss.backward()
             opt.step()
-        if counter is not None:  # counted, not timed: its hooks cost time
-            flops = counter.get_total_flops() / int(sum(b["attention_mask"].sum() for b in parts))
-        elif i >= 3:  # the first steps warm caches and oneDNN kernels
+        return idx, parts
+
+    model.train()
+    counter = FlopCounterMode(display=False)  # counted eagerly (the same FLOPs), not timed: its hooks cost time
+    _, parts = step(counter)
+    flops = counter.get_total_flops() / int(sum(b["attention_mask"].sum() for b in parts))
+    with compiled_layers(model, compile):
+        t = time.perf_counter()
+        step()
+        first_s = time.perf_counter() - t  # with compile: the compile included
+        step()  # the first steps warm caches and oneDNN kernels
+        for _ in range(n_steps):
+            t = time.perf_counter()
+            idx, parts = step()
             secs.append(time.perf_counter() - t)
             tokens.append(int(lengths[idx].sum()))
             padded.append(sum(b["ids"].numel() for b in parts))
@@ -122,7 +133,8 @@ def train_speed(model: EmbodiedLM, steps, precision: str, micro_batches: int, n_
     return {"ms_per_step": round(1000 * step_s, 1), "tokens_per_s": round(tokens_per_s, 1),
             "padded_share": round(1 - sum(tokens) / sum(padded), 3),
             "gflop_per_token": round(flops / 1e9, 3), "gflop_per_s": round(flops * tokens_per_s / 1e9, 1),
-            "mean_tokens_per_example": round(float(lengths.mean()), 1)}
+            "mean_tokens_per_example": round(float(lengths.mean()), 1), "compile": compile,
+            "first_step_s": round(first_s, 1)}
 
 
 def planner_latency(model: EmbodiedLM, steps, n: int) -> dict:
@@ -144,6 +156,8 @@ def main() -> None:
     ap.add_argument("--backbones", nargs="+", default=["smollm2", "tiny"])
     ap.add_argument("--train-steps", type=int, default=8)
     ap.add_argument("--micro-batches", type=int, nargs="+", default=[RUN.train.micro_batches])
+    ap.add_argument("--compile", nargs="+", choices=["off", "on"], default=["off", "on"],
+                    help="train.compile: decoder layers eager and / or compiled")
     ap.add_argument("--planner-steps", type=int, default=40)
     ap.add_argument("--threads", type=int, default=len(os.sched_getaffinity(0)))
     ap.add_argument("--json", default=None)
@@ -158,19 +172,21 @@ def main() -> None:
     steps = [steps[i] for i in rng.permutation(len(steps))]
     out = {"machine": machine(), "threads": args.threads, "native_bf16": bf16,
            "matmul_peak_gflop_per_s": {k: round(v / 1e9, 1) for k, v in peak.items()}, "backbones": {}}
-    print(f"{'backbone':9} {'precision':9} {'parts':>5} {'ms/step':>8} {'tok/s':>6} {'padding':>7} "
-          f"{'GFLOP/tok':>9} {'GFLOP/s':>8} {'of peak':>7}")
+    print(f"{'backbone':9} {'precision':9} {'parts':>5} {'compile':>7} {'ms/step':>8} {'tok/s':>6} {'padding':>7} "
+          f"{'GFLOP/tok':>9} {'GFLOP/s':>8} {'of peak':>7} {'1st step':>8}")
     for name in args.backbones:
         model = EmbodiedLM(replace(RUN.model_config(), backbone=name), seed=0)
         row = {}
         for precision in ("bf16", "fp32"):
             for parts in args.micro_batches:
-                r = train_speed(model, steps, precision, parts, args.train_steps)
-                r["share_of_peak"] = round(r["gflop_per_s"] * 1e9 / peak[precision], 3)
-                row[f"train_{precision}_{parts}"] = r
-                print(f"{name:9} {precision:9} {parts:>5} {r['ms_per_step']:>8.0f} {r['tokens_per_s']:>6.0f} "
-                      f"{r['padded_share']:>7.0%} {r['gflop_per_token']:>9.2f} {r['gflop_per_s']:>8.1f} "
-                      f"{r['share_of_peak']:>7.0%}  load {load()}", flush=True)
+                for comp in args.compile:
+                    r = train_speed(model, steps, precision, parts, args.train_steps, compile=comp == "on")
+                    r["share_of_peak"] = round(r["gflop_per_s"] * 1e9 / peak[precision], 3)
+                    row[f"train_{precision}_{parts}" + ("_compiled" if comp == "on" else "")] = r
+                    print(f"{name:9} {precision:9} {parts:>5} {comp:>7} {r['ms_per_step']:>8.0f} "
+                          f"{r['tokens_per_s']:>6.0f} {r['padded_share']:>7.0%} {r['gflop_per_token']:>9.2f} "
+                          f"{r['gflop_per_s']:>8.1f} {r['share_of_peak']:>7.0%} {r['first_step_s']:>7.1f}s  "
+                          f"load {load()}", flush=True)
         row["planner"] = planner_latency(model, steps, args.planner_steps)
         out["backbones"][name] = row
         p = row["planner"]
