@@ -10,7 +10,7 @@ import torch
 from embodied_lm.config import ConfigError, DecodeConfig
 from embodied_lm.data import colour_names, episode_prompt, present_slots, prompt_text
 from embodied_lm.decode import Trie, greedy, greedy_batch, greedy_in_context, score_candidates
-from embodied_lm.model import autocast
+from embodied_lm.model import autocast, decoding
 from embodied_lm.planners import PlannerRefusal, register_planner
 from skills.vocab import COLOR_NAMES, KINDS, Col, all_calls
 
@@ -136,7 +136,7 @@ class EmbodiedLMPlanner:
         self._review_last(obs, info)
         episode = m.cfg.context == "episode"
         embeds, trie = self._prompt(obs)
-        with autocast("cpu", self.precision):
+        with decoding(m, self.precision):
             if not episode:
                 text = greedy(m, embeds, m.tok, trie)
             else:
@@ -167,7 +167,7 @@ class EmbodiedLMPlanner:
         rows = [i for i, b in enumerate(batch) if b is not None]
         if rows:
             m, precision = planners[rows[0]].model, planners[rows[0]].precision
-            with autocast("cpu", precision):
+            with decoding(m, precision):
                 texts = greedy_batch(m, [batch[i][0] for i in rows], m.tok, [batch[i][1] for i in rows])
             for i, text in zip(rows, texts):
                 planners[i]._took(text, obs[i])

@@ -85,6 +85,38 @@ def bf16_training(model: nn.Module, device_type: str, precision: str = "auto"):
 
 
 @contextmanager
+def decoding(model: nn.Module, precision: str = "auto", device_type: str = "cpu"):
+    """``autocast`` for decoding; in bf16 the LM's linear weights are held in bf16 meanwhile (a copy kept
+    on the model, remade when a weight changes), as autocast would cast each one again in every forward.
+    The same matmul inputs, so the same texts: 1.25x per bf16 planner step (benchmarks/README.md)."""
+    with autocast(device_type, precision):
+        if resolve_precision(device_type, precision) != "bf16":
+            yield
+            return
+        held = _bf16_linear_weights(model)
+        fp32 = [p.data for p, _ in held]
+        for p, w in held:
+            p.data = w
+        try:
+            yield
+        finally:
+            for (p, _), w in zip(held, fp32):
+                p.data = w
+
+
+def _bf16_linear_weights(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
+    """(parameter, its bf16 copy) for the LM's 2-D weights but the embedding / head (fp32 logits)."""
+    lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    skip = {id(model.embed.weight), id(model.head.weight)}
+    params = [p for p in lm.parameters() if p.dim() == 2 and id(p) not in skip]
+    key = [(id(p), p._version) for p in params]  # an in-place update (merge_lora, training) bumps _version
+    cached = model.__dict__.get("_bf16_held")
+    if cached is None or cached[0] != key:
+        cached = model.__dict__["_bf16_held"] = (key, [(p, p.data.to(torch.bfloat16)) for p in params])
+    return cached[1]
+
+
+@contextmanager
 def compiled_layers(model: nn.Module, on: bool = True):
     """The LM's decoder layers run through ``torch.compile`` (fused elementwise kernels), undone on exit.
     Every layer has the same code, so one compile (~10 s on 2 cores, dynamic shapes: every sentence length)

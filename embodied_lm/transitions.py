@@ -233,13 +233,13 @@ class TransitionJudge:
         import torch
 
         from embodied_lm.decode import Trie, greedy
-        from embodied_lm.model import autocast
+        from embodied_lm.model import decoding
         from sensors import collate
 
         m = self.model
         sent = transition_sentence(m, which, call, before["objects"], after["objects"], m.kind)
         sensors = collate([m.encoder.preprocess(o, self.cameras) for o in (before, after)])
-        with torch.no_grad(), autocast("cpu", self.precision):
+        with torch.no_grad(), decoding(m, self.precision):
             embeds = m.embed_sentence(torch.tensor([sent.ids]), torch.tensor([sent.slots]), sensors)  # (1, T, D)
             trie = Trie(m.tok, success_answers(call, after["objects"])) if which == "success" else None
             return greedy(m, embeds, m.tok, trie, max_new=32)

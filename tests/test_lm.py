@@ -417,6 +417,31 @@ def test_batched_greedy_decodes_each_prompt_as_if_alone():
     assert len(set(alone)) > 2 and len({len(a.split()) for a in alone}) > 1  # calls of several shapes
 
 
+def test_bf16_decoding_holds_the_linear_weights_in_bf16_and_decodes_as_autocast_does():
+    """``decoding(model, "bf16")``: the LM's linear weights are bf16 inside (a kept copy, remade after an
+    in-place update), fp32 after; the hidden states equal plain autocast's, which casts every weight in
+    every forward."""
+    from embodied_lm.model import autocast, decoding
+
+    tiny = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full"), seed=2).eval()
+    q = tiny.body.layers[0].self_attn.q_proj.weight
+    x = tiny.embed(torch.arange(100, 120)[None]).detach()  # (1, 20, D)
+    with torch.no_grad():
+        with autocast("cpu", "bf16"):
+            cast = tiny.body(inputs_embeds=x).last_hidden_state
+        with decoding(tiny, "bf16"):
+            assert q.dtype == torch.bfloat16 and tiny.head.weight.dtype == torch.float32
+            held = tiny.body(inputs_embeds=x).last_hidden_state
+        assert q.dtype == torch.float32 and torch.equal(held, cast)
+        q.mul_(2)  # the model changes (merge_lora, more training): the copy is remade
+        with autocast("cpu", "bf16"):
+            cast = tiny.body(inputs_embeds=x).last_hidden_state
+        with decoding(tiny, "bf16"):
+            assert torch.equal(tiny.body(inputs_embeds=x).last_hidden_state, cast)
+        with decoding(tiny, "fp32"):
+            assert q.dtype == torch.float32 and not torch.is_autocast_enabled("cpu")
+
+
 def test_lockstep_evaluation_gives_each_episode_its_serial_row(env, monkeypatch):
     """``evaluate(batch=4)`` runs episodes side by side and decodes their steps in one batch; every row
     and recorded episode equals the one-at-a-time run's, a refused instruction included."""
