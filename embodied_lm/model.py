@@ -121,10 +121,11 @@ def compiled_layers(model: nn.Module, on: bool = True):
     """The LM's decoder layers run through ``torch.compile`` (fused elementwise kernels), undone on exit.
     Every layer has the same code, so one compile (~10 s on 2 cores, dynamic shapes: every sentence length)
     serves all of them -- compiling the whole body instead took 220 s.  Training only: the planner's
-    KV-cache forwards would recompile per layer.  Where compiling fails (no C++ compiler, an unsupported
-    op), the layers run eagerly, with torch's warning.  Why: 1.24x per fp32 training step on 2 cores,
-    losses equal to 1e-6 (benchmarks/README.md, "LM speed")."""
+    KV-cache forwards would recompile per layer.  Without a C++ compiler (Inductor's CPU kernels are C++)
+    the layers run eagerly, with a warning; a forward Dynamo cannot compile runs eagerly too.  Why: 1.24x
+    per fp32 training step on 2 cores, losses equal to 1e-6 (benchmarks/README.md, "LM speed")."""
     lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    on = on and (next(model.parameters()).device.type != "cpu" or _cpp_compiler())
     layers = list(lm.model.layers) if on else []
     import torch._dynamo
 
@@ -138,6 +139,18 @@ def compiled_layers(model: nn.Module, on: bool = True):
         for layer in layers:
             layer._compiled_call_impl = None
         torch._dynamo.config.suppress_errors = suppress
+
+
+def _cpp_compiler() -> bool:
+    """Whether Inductor finds a working C++ compiler ($CXX, else g++); warns when it does not."""
+    from torch._inductor.cpp_builder import get_cpp_compiler
+
+    try:
+        get_cpp_compiler()
+        return True
+    except Exception as e:  # InvalidCxxCompiler, or a compiler that does not run
+        warnings.warn(f"train.compile: {e}; the LM's layers train eagerly (install g++ or set CXX)", stacklevel=3)
+        return False
 
 
 @dataclass

@@ -240,6 +240,20 @@ def test_compiled_layers_train_the_same_model_and_the_planner_gets_eager_ones(tm
     np.testing.assert_allclose(runs[True], runs[False], rtol=1e-5)
 
 
+def test_without_a_cpp_compiler_the_layers_train_eagerly_with_a_warning(tmp_path, monkeypatch):
+    from torch._dynamo import config as dynamo_config
+
+    from embodied_lm.train import TrainConfig, train
+
+    monkeypatch.setenv("CXX", str(tmp_path / "no-such-g++"))
+    monkeypatch.setattr("torch._inductor.config.cpp.cxx", (None, str(tmp_path / "no-such-g++")))
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="lora"), seed=0)
+    tcfg = TrainConfig(steps=2, batch_size=4, warmup=1, checkpoint_every=100, compile=True)
+    with dynamo_config.patch(disable=False), pytest.warns(UserWarning, match="train eagerly"):
+        losses = train(model, _examples(model), tcfg, tmp_path / "ck", progress=False)["losses"]
+    assert len(losses) == 2 and np.isfinite(losses).all()
+
+
 def test_bf16_training_stores_frozen_weights_in_bf16_only_while_it_trains(tmp_path, monkeypatch):
     """A bf16 training loop holds the frozen LM's linear weights in bf16 (no cast in every forward) and
     attends eagerly: the same losses as casting each time under eager attention, and the fp32 weights
