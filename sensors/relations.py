@@ -8,6 +8,8 @@ graph (column ``support`` of ``obs["objects"]``) is free supervision: the auxili
 * ``support``: what it rests on: " table", a colour, or " hand" when held
 * ``above``:   what rests directly on it: a colour, or " nothing"
 * ``top``:     the colour of the topmost object of its stack (its own colour when nothing is on it)
+* ``match``:   (pointer only) the object of its colour and the other kind -- a block's bowl, a bowl's
+  block -- or " nothing"
 
 The colour is read through the LM's own embedding of the colour word (the token is pulled toward
 " red"), the others through linear heads -- or, for the encoder's ``pointer_facts``, as pointers: a
@@ -27,9 +29,9 @@ FACTS = ("colour", "support", "above", "top")
 WORDS = (*COLOR_NAMES, "table", "nothing", "hand")
 TABLE, NOTHING, HAND = len(COLOR_NAMES), len(COLOR_NAMES) + 1, len(COLOR_NAMES) + 2
 IGNORE = -100
-POINTER_FACTS = ("support", "above", "top")
+POINTER_FACTS = ("support", "above", "top", "match")
 POINTER_SPECIALS = ("table", "hand", "nothing")  # pointer index s < 3: these; 3 + k: the object in row k
-SPECIALS_OF = {"support": ("table", "hand"), "above": ("nothing",), "top": ()}  # what each may point at
+SPECIALS_OF = {"support": ("table", "hand"), "above": ("nothing",), "top": (), "match": ("nothing",)}
 
 
 def _stacks(objects: Tensor) -> tuple[Tensor, ...]:
@@ -70,10 +72,14 @@ def pointer_targets(objects: Tensor, facts: tuple[str, ...]) -> Tensor:
     present, support, covered, above, top = _stacks(objects)
     n_sp = len(POINTER_SPECIALS)
     table, hand, nothing = (POINTER_SPECIALS.index(w) for w in ("table", "hand", "nothing"))
+    color, kind = objects[..., Col.COLOR].long(), objects[..., Col.KIND].long()
+    same = ((color[:, :, None] == color[:, None, :]) & (kind[:, :, None] != kind[:, None, :])
+            & present[:, None, :] & present[:, :, None])  # (B, N_i, N_j): j has i's colour, not its kind
     by_fact = {
         "support": torch.where(support == 0, table, torch.where(support > 0, n_sp + support - 1, hand)),
         "above": torch.where(covered, n_sp + above, nothing),
         "top": n_sp + top,
+        "match": torch.where(same.any(-1), n_sp + same.float().argmax(-1), nothing),
     }
     unknown = set(facts) - set(by_fact)
     if unknown:

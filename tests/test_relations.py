@@ -52,6 +52,22 @@ def test_pointer_targets_of_a_known_scene():
         pointer_targets(scene(), ("colour",))
 
 
+def test_match_points_a_block_at_the_bowl_of_its_colour():
+    """``match``: the object of its colour and the other kind (block <-> bowl), else nothing -- never an
+    object of its own kind, however its colour."""
+    from skills.vocab import KINDS
+
+    nothing, n_sp = POINTER_SPECIALS.index("nothing"), len(POINTER_SPECIALS)
+    objects = scene()  # red, green, blue, yellow, pink blocks
+    bowl = KINDS.index("bowl")
+    objects[0, 5] = torch.tensor(_row("blue", 0.02, 0))  # obj_6: a blue bowl
+    objects[0, 6] = torch.tensor(_row("red", 0.02, 0))  # obj_7: a red bowl
+    objects[0, 7] = torch.tensor(_row("red", 0.02, 0))  # obj_8: a red block (obj_1's colour, its kind)
+    objects[0, 5:7, 1] = bowl
+    ptr = pointer_targets(objects, ("match",))[0, :9, 0].tolist()
+    assert ptr == [n_sp + 6, nothing, n_sp + 5, nothing, nothing, n_sp + 2, n_sp, n_sp + 6, IGNORE]
+
+
 def _scenes(families, n, split="train", levels=("L1",)):
     from sim.env import EnvConfig, TabletopEnv
     from sim.tasks import generate_specs
