@@ -67,10 +67,9 @@ def bf16_training(model: nn.Module, device_type: str, precision: str = "auto"):
     if resolve_precision(device_type, precision) != "bf16":
         yield
         return
-    lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    lm = _base_lm(model)
     attention = lm.config._attn_implementation
-    skip = {id(model.embed.weight), id(model.head.weight)}
-    frozen = [p for p in lm.parameters() if not p.requires_grad and p.dim() == 2 and id(p) not in skip]
+    frozen = [p for p in _linear_weights(model) if not p.requires_grad]
     fp32 = [p.data for p in frozen]
     for p in frozen:
         p.data = p.data.to(torch.bfloat16)
@@ -82,6 +81,17 @@ def bf16_training(model: nn.Module, device_type: str, precision: str = "auto"):
         for p, data in zip(frozen, fp32):
             p.data = data
         lm.set_attn_implementation(attention)
+
+
+def _base_lm(model: nn.Module) -> nn.Module:
+    """The causal LM under any peft wrapper."""
+    return model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+
+
+def _linear_weights(model: nn.Module) -> list[nn.Parameter]:
+    """The LM's 2-D weights but the embedding / head, which stay fp32 (the head reads them in fp32)."""
+    skip = {id(model.embed.weight), id(model.head.weight)}
+    return [p for p in _base_lm(model).parameters() if p.dim() == 2 and id(p) not in skip]
 
 
 @contextmanager
@@ -105,10 +115,8 @@ def decoding(model: nn.Module, precision: str = "auto", device_type: str = "cpu"
 
 
 def _bf16_linear_weights(model: nn.Module) -> list[tuple[nn.Parameter, torch.Tensor]]:
-    """(parameter, its bf16 copy) for the LM's 2-D weights but the embedding / head (fp32 logits)."""
-    lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
-    skip = {id(model.embed.weight), id(model.head.weight)}
-    params = [p for p in lm.parameters() if p.dim() == 2 and id(p) not in skip]
+    """(parameter, its bf16 copy) for each of ``_linear_weights``, kept on the model."""
+    params = _linear_weights(model)
     key = [(id(p), p._version) for p in params]  # an in-place update (merge_lora, training) bumps _version
     cached = model.__dict__.get("_bf16_held")
     if cached is None or cached[0] != key:
@@ -124,7 +132,7 @@ def compiled_layers(model: nn.Module, on: bool = True):
     KV-cache forwards would recompile per layer.  Without a C++ compiler (Inductor's CPU kernels are C++)
     the layers run eagerly, with a warning; a forward Dynamo cannot compile runs eagerly too.  Why: 1.24x
     per fp32 training step on 2 cores, losses equal to 1e-6 (benchmarks/README.md, "LM speed")."""
-    lm = model.lm.get_base_model() if hasattr(model.lm, "get_base_model") else model.lm
+    lm = _base_lm(model)
     on = on and (next(model.parameters()).device.type != "cpu" or _cpp_compiler())
     layers = list(lm.model.layers) if on else []
     import torch._dynamo
