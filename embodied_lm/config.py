@@ -27,7 +27,7 @@ MODES = ("frozen", "lora", "full")  # frozen: encoder + projector train | lora: 
 PROJECTORS = ("linear", "mlp")
 TRANSITIONS = ("success", "change")  # questions about a transition (embodied_lm.transitions)
 NO_FAULTS = {"slip": 0.0, "drop": 0.0, "topple": 0.0}  # sim.faults.FAULTS, each off
-CONTEXTS = ("step", "episode")  # what one training sentence holds: one step, or a whole episode (embodied_lm.data)
+CONTEXTS = ("step", "episode", "scene")  # a sentence per step, per episode, or per step without its history
 CALLS = ("obj", "colour")  # how plans name objects: obj_k, or "the red block" (a model without object tokens)
 PRECISIONS = ("auto", "bf16", "fp32")  # auto = bf16 autocast where the CPU/GPU has native bf16
 
@@ -219,8 +219,8 @@ class TrainConfig:
         check_choice("train.context", self.context, CONTEXTS)
         for q in self.transitions:
             check_choice("train.transitions[]", q, TRANSITIONS)
-        if self.transitions and self.context != "step":
-            raise ConfigError("train.transitions need train.context=step")
+        if self.transitions and self.context == "episode":
+            raise ConfigError("train.transitions need train.context=step or scene")
         check_choice("train.calls", self.calls, CALLS)
         if self.transitions and self.calls != "obj":  # success answers name the called object obj_k
             raise ConfigError("train.transitions need train.calls=obj")

@@ -1,4 +1,4 @@
-"""Training examples from a zarr trajectory store, in one of two contexts (``CONTEXTS``):
+"""Training examples from a zarr trajectory store, in one of three contexts (``CONTEXTS``):
 
 ``step``: one example per executed step, the whole prompt again at every step --
     prompt  = "Scene: obj_1 is <obj_1>. ... Task: <instruction> Done so far: <steps>. Next:"
@@ -8,6 +8,8 @@
     every step's answer (PaLM-E / Kosmos-1 interleaving; about half the tokens per decision) --
     "Scene: ... Task: <instruction> Next: <answer 1></s>Scene: ... Next: <answer 2></s>..."
     The planner keeps the episode's KV cache and adds only each new step (``EmbodiedLMPlanner``).
+``scene``: as ``step`` without the "Done so far" line: each decision is read off the scene and the
+    instruction alone, so it cannot count steps (a demonstration's length is no cue for ``done``).
 """
 
 from __future__ import annotations
@@ -136,8 +138,8 @@ def encoder_keys(reader, encoder, path) -> set[str]:
 def examples_from_store(path, tok, encoder, families: Sequence[str] | None = None,
                         context: str = "step", calls: str = "obj") -> list[Example]:
     """Every step of every successful episode in the store (optionally only some families): one
-    example per step (``context="step"``) or per episode (``"episode"``).  "Done so far" lists the
-    steps that worked: after a failed skill (``collect.faults``) the demonstration's retry is decided
+    example per step (``context="step"``, ``"scene"``) or per episode (``"episode"``).  "Done so far"
+    lists the steps that worked: after a failed skill (``collect.faults``) the demonstration's retry is decided
     from a history without it, as the planner's is once it judges the step failed (``decode.detect``).
     ``calls="colour"``: plan steps name objects by colour (``by_colour``); an episode that acts on an
     object no colour picks out (one of two red blocks) is left out."""
@@ -179,7 +181,8 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
                 if context == "episode":
                     prompt = episode_prompt(meta["instruction"], t, encoder.kind, objects[g])
                 else:
-                    prompt = prompt_text(meta["instruction"], history, encoder.kind, objects[g])
+                    prompt = prompt_text(meta["instruction"], None if context == "scene" else history,
+                                         encoder.kind, objects[g])
             except UnresolvedReference as e:
                 if not perceived:
                     raise UnresolvedReference(f"{path}: episode {i} step {t}: {e}") from None

@@ -192,7 +192,8 @@ class EmbodiedLMPlanner:
         if episode:
             prompt = episode_prompt(obs["instruction"], len(self.history), m.kind, obs["objects"])
         else:
-            prompt = prompt_text(obs["instruction"], self.history, m.kind, obs["objects"])
+            prompt = prompt_text(obs["instruction"], None if m.cfg.context == "scene" else self.history,
+                                 m.kind, obs["objects"])
         sent = m.sentence(prompt, None)
         ids, slots = sent.ids, sent.slots
         if episode:  # the previous answer's tokens that are not in the cache yet come first
@@ -230,7 +231,7 @@ class EmbodiedLMPlanner:
 def _reports(on: bool, context: str) -> bool:
     """``decode.reports`` resolved: never in the episode context, whose KV cache already holds the call
     (as training's sentence holds every step)."""
-    return on and context == "step"
+    return on and context != "episode"
 
 
 def _detect(cfg, transitions: list[str]) -> bool:

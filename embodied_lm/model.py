@@ -185,8 +185,8 @@ class ModelConfig:
         check_choice("context", self.context, CONTEXTS)
         for q in self.transitions:
             check_choice("transitions[]", q, TRANSITIONS)
-        if self.transitions and self.context != "step":  # a step judged failed cannot leave a KV cache
-            raise ConfigError("transitions need context=step")
+        if self.transitions and self.context == "episode":  # a step judged failed cannot leave a KV cache
+            raise ConfigError("transitions need context=step or scene")
         check_choice("calls", self.calls, CALLS)
         if self.transitions and self.calls != "obj":
             raise ConfigError("transitions need calls=obj")

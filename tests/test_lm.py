@@ -618,3 +618,40 @@ def test_an_episode_context_planner_keeps_refused_calls_in_its_sentence():
 
     model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", context="episode"), seed=0)
     assert not EmbodiedLMPlanner(model=model, reports=True).reports
+
+
+def test_the_scene_context_trains_and_plans_without_the_history(env, tmp_path, monkeypatch):
+    """train.context=scene: every training prompt is the step prompt without "Done so far", and the
+    planner decodes from the same prompt (the same ids) at every step of an episode."""
+    from embodied_lm import lm_planner
+    from embodied_lm.data import examples_from_store
+    from embodied_lm.datasets import ReplayWriter
+    from embodied_lm.evaluate import evaluate
+    from embodied_lm.lm_planner import EmbodiedLMPlanner
+    from embodied_lm.planners import make_planner
+    from sim.tasks import generate_specs
+
+    specs = generate_specs(["p2_stack"], ["L1"], episodes=1, split="train")
+    path = tmp_path / "demos.zarr"
+    with ReplayWriter(path, attrs={"images": False}) as w:
+        rows = evaluate(env, make_planner("oracle"), specs, w, progress=False)
+    model = EmbodiedLM(ModelConfig(backbone="tiny", sensors="state", mode="full", context="scene"), seed=0)
+    step = examples_from_store(path, model.tok, model.encoder, context="step")
+    scene = examples_from_store(path, model.tok, model.encoder, context="scene")
+    prompts = [model.tok.decode(e.sentence.ids[:e.sentence.n_prompt]) for e in scene]
+    assert len(scene) == len(step) == rows[0].steps >= 3
+    assert all("Done so far" in model.tok.decode(e.sentence.ids) for e in step)
+    assert not any("Done so far" in p for p in prompts) and all(p.endswith("Next:") for p in prompts)
+
+    seen = []
+    real_sentence = model.sentence
+    monkeypatch.setattr(model, "sentence", lambda prompt, answer: seen.append(prompt) or real_sentence(prompt, answer))
+    monkeypatch.setattr(lm_planner, "all_calls", lambda names, kinds: [  # an untrained model would say done
+        c for c in all_calls(names, kinds) if c.startswith(("pick", "place"))])
+    planner = EmbodiedLMPlanner(model=model, precision="fp32")
+    obs, info = env.reset(options={"spec": specs[0]})
+    planner.reset(env, obs, info)
+    for _ in range(2):
+        call = planner.act(obs, info)
+        obs, _, _, _, info = env.step(call)
+    assert len(seen) == 2 and not any("Done so far" in p for p in seen) and len(planner.history) >= 1
