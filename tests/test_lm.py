@@ -644,8 +644,8 @@ def test_the_scene_context_trains_and_plans_without_the_history(env, tmp_path, m
     assert not any("Done so far" in p for p in prompts) and all(p.endswith("Next:") for p in prompts)
 
     seen = []
-    real_sentence = model.sentence
-    monkeypatch.setattr(model, "sentence", lambda prompt, answer: seen.append(prompt) or real_sentence(prompt, answer))
+    sentence = model.sentence
+    monkeypatch.setattr(model, "sentence", lambda prompt, answer: seen.append(prompt) or sentence(prompt, answer))
     monkeypatch.setattr(lm_planner, "all_calls", lambda names, kinds: [  # an untrained model would say done
         c for c in all_calls(names, kinds) if c.startswith(("pick", "place"))])
     planner = EmbodiedLMPlanner(model=model, precision="fp32")
