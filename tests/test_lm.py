@@ -622,7 +622,7 @@ def test_an_episode_context_planner_keeps_refused_calls_in_its_sentence():
 
 def test_the_scene_context_trains_and_plans_without_the_history(env, tmp_path, monkeypatch):
     """train.context=scene: every training prompt is the step prompt without "Done so far", and the
-    planner decodes from the same prompt (the same ids) at every step of an episode."""
+    planner's prompt carries no history either, though the episode has one."""
     from embodied_lm import lm_planner
     from embodied_lm.data import examples_from_store
     from embodied_lm.datasets import ReplayWriter
