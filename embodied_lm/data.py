@@ -49,6 +49,12 @@ def prompt_text(instruction: str, history: Sequence[str] | None, kind: str,
     return f"{scene_text(kind, objects)}\nTask: {instruction}{done}\nNext:"
 
 
+def step_prompt(context: str, instruction: str, history: Sequence[str], kind: str,
+                objects: np.ndarray | None = None) -> str:
+    """``prompt_text`` for a step-sentence context: ``scene`` shows no history, ``step`` the steps done."""
+    return prompt_text(instruction, None if context == "scene" else history, kind, objects)
+
+
 def scene_text(kind: str, objects: np.ndarray | None = None) -> str:
     """``Scene: obj_1 is <obj_1>. ...`` (objects encoders: the present objects) or ``Scene: <img>.``"""
     if kind == "objects":
@@ -181,8 +187,7 @@ def examples_from_store(path, tok, encoder, families: Sequence[str] | None = Non
                 if context == "episode":
                     prompt = episode_prompt(meta["instruction"], t, encoder.kind, objects[g])
                 else:
-                    prompt = prompt_text(meta["instruction"], None if context == "scene" else history,
-                                         encoder.kind, objects[g])
+                    prompt = step_prompt(context, meta["instruction"], history, encoder.kind, objects[g])
             except UnresolvedReference as e:
                 if not perceived:
                     raise UnresolvedReference(f"{path}: episode {i} step {t}: {e}") from None

@@ -8,7 +8,7 @@ import numpy as np
 import torch
 
 from embodied_lm.config import ConfigError, DecodeConfig
-from embodied_lm.data import colour_names, episode_prompt, present_slots, prompt_text
+from embodied_lm.data import colour_names, episode_prompt, present_slots, step_prompt
 from embodied_lm.decode import Trie, greedy, greedy_batch, greedy_in_context, score_candidates
 from embodied_lm.model import autocast, decoding
 from embodied_lm.planners import PlannerRefusal, register_planner
@@ -192,8 +192,7 @@ class EmbodiedLMPlanner:
         if episode:
             prompt = episode_prompt(obs["instruction"], len(self.history), m.kind, obs["objects"])
         else:
-            prompt = prompt_text(obs["instruction"], None if m.cfg.context == "scene" else self.history,
-                                 m.kind, obs["objects"])
+            prompt = step_prompt(m.cfg.context, obs["instruction"], self.history, m.kind, obs["objects"])
         sent = m.sentence(prompt, None)
         ids, slots = sent.ids, sent.slots
         if episode:  # the previous answer's tokens that are not in the cache yet come first
